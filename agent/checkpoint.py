@@ -1,0 +1,147 @@
+"""Atomic checkpoints: write to a temporary name, fsync, rename, then a sentinel.
+
+A checkpoint is `step-<N>.pt` beside `step-<N>.done`, a JSON sentinel written last
+with the file's size and SHA-256. A checkpoint without a matching sentinel (killed
+mid-write, truncated, corrupted) is skipped with a warning and the previous one is
+used. Files are read with `torch.load(weights_only=True)`: tensors and plain
+containers only, never arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FORMAT = "ewc-atari-checkpoint-v1"
+_NAME = re.compile(r"step-(\d+)\.pt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with a message meant for the user."""
+
+
+class _HashingWriter:
+    """File wrapper that hashes what passes through, so the file is not read back."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
+    """Write `state` as step-<step>.pt atomically; keep the newest `keep` checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step-{step:012d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            writer = _HashingWriter(handle)
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        sentinel = {"file": path.name, "size": writer.size, "sha256": writer.digest.hexdigest(), "step": step}
+        sentinel_tmp = path.with_suffix(".done.tmp")
+        with open(sentinel_tmp, "w") as handle:
+            json.dump(sentinel, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(sentinel_tmp, path.with_suffix(".done"))
+        _fsync_dir(directory)
+    except OSError as exc:
+        for leftover in (tmp, path.with_suffix(".done.tmp")):
+            leftover.unlink(missing_ok=True)
+        if path.exists() and not path.with_suffix(".done").exists():
+            path.unlink()
+        raise CheckpointError(f"Could not write checkpoint {path}: {exc}. The previous checkpoints are intact; "
+                              "free disk space or set checkpoint.keep_replay=false to make checkpoints smaller.") from exc
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".done").unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files with a sentinel, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.fullmatch(p.name) and p.with_suffix(".done").exists()]
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
+
+
+def verify(path: Path) -> str | None:
+    """None when the file matches its sentinel, else what is wrong."""
+    sentinel_path = path.with_suffix(".done")
+    if not path.is_file():
+        return f"{path} does not exist"
+    if not sentinel_path.is_file():
+        return f"{path} has no completion sentinel {sentinel_path.name} (it was not finished)"
+    try:
+        sentinel = json.loads(sentinel_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"the sentinel {sentinel_path.name} is unreadable ({exc})"
+    if path.stat().st_size != sentinel.get("size"):
+        return f"{path.name} is {path.stat().st_size} bytes, the sentinel says {sentinel.get('size')} (truncated)"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    if digest.hexdigest() != sentinel.get("sha256"):
+        return f"{path.name} does not match its checksum (corrupted)"
+    return None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load one checkpoint file after checking it against its sentinel."""
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"Cannot use checkpoint: {problem}.")
+    return _load(path, map_location)
+
+
+def _load(path: Path, map_location) -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or damaged files
+        raise CheckpointError(f"{path} is not a checkpoint of this project ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no '{CHECKPOINT_FORMAT}' marker).")
+    return state
+
+
+def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict]:
+    """The newest checkpoint that verifies; damaged newer ones are skipped with a warning."""
+    candidates = list_checkpoints(directory)
+    unfinished = [p for p in directory.glob("step-*.pt") if p not in candidates] if directory.is_dir() else []
+    for path in unfinished:
+        warnings.warn(f"Ignoring unfinished checkpoint {path.name} (no sentinel).", stacklevel=2)
+    for path in reversed(candidates):
+        problem = verify(path)
+        if problem is None:
+            return path, _load(path, map_location)
+        warnings.warn(f"Skipping checkpoint {path.name}: {problem}. Trying an older one.", stacklevel=2)
+    raise CheckpointError(f"No complete checkpoint in {directory}.")
+

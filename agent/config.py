@@ -1,0 +1,290 @@
+"""The one typed configuration schema, loaded from YAML with dotted command-line overrides.
+
+pydantic does the validation: unknown keys, wrong types and out-of-range values are
+errors that name the key, instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class EnvConfig(_Section):
+    backend: Literal["ale_vector", "gymnasium"] = "ale_vector"
+    """ale_vector: ale-py's C++ vector env (fast); gymnasium: AsyncVectorEnv fallback."""
+    num_envs: int = Field(8, gt=0)
+    """Environments stepped together; one agent step is one env step."""
+    num_threads: int = Field(0, ge=0)
+    """Emulator threads for ale_vector (0: one per env, capped by the CPU count)."""
+    sticky_action_prob: float = Field(0.25, ge=0.0, le=1.0)
+    """Probability of repeating the previous action (Machado et al.: 0.25)."""
+    noop_max: int = Field(30, ge=0)
+    """Up to this many no-op actions at episode start."""
+    fire_reset: bool = True
+    """Press FIRE on reset in games that need it to start."""
+    max_episode_frames: int = Field(108_000, gt=0)
+    """Episode cap in emulator frames (30 minutes of play)."""
+    frame_skip: int = Field(4, gt=0)
+    """Emulator frames per agent step (max-pooled over the last two)."""
+    life_loss_terminal: bool = False
+    """Treat a lost life as terminal for the learner only (the episode goes on)."""
+
+
+class ScheduleConfig(_Section):
+    games: list[str] = Field(min_length=1)
+    """Games in the order they are visited, e.g. [Breakout, Pong]."""
+    steps_per_visit: int = Field(gt=0)
+    """Agent steps (summed over envs) spent on a game each time it is visited."""
+    cycles: int = Field(1, gt=0)
+    """How many times the whole list of games is visited."""
+
+    @field_validator("games")
+    @classmethod
+    def _known_games(cls, games: list[str]) -> list[str]:
+        from envs.atari import resolve_game
+
+        canonical = [resolve_game(game)[0] for game in games]
+        duplicates = sorted({g for g in canonical if canonical.count(g) > 1})
+        if duplicates:
+            raise ValueError(f"games listed twice: {duplicates}; use schedule.cycles to revisit games")
+        return canonical
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_visit * len(self.games) * self.cycles
+
+
+class NetworkConfig(_Section):
+    architecture: Literal["nature", "large"] = "nature"
+    """nature: Mnih et al. 2015 (32/64/64, fc 512); large: Kirkpatrick et al. 2017 (32/64/128, fc 1024)."""
+
+
+class DQNConfig(_Section):
+    learning_rate: float = Field(1e-4, gt=0)
+    adam_eps: float = Field(1.5e-4, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    batch_size: int = Field(32, gt=0)
+    train_every: int = Field(4, gt=0)
+    """Agent steps per gradient update (the replay ratio)."""
+    learning_starts: int = Field(10_000, ge=0)
+    """Transitions in the current game's buffer before updates start."""
+    target_update_every: int = Field(8_000, gt=0)
+    """Agent steps between target-network syncs."""
+    double_dqn: bool = True
+    huber_delta: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(10.0, gt=0)
+    clip_rewards: bool = True
+    """Clip rewards to [-1, 1] in the learner (logged returns stay raw)."""
+
+
+class EpsilonConfig(_Section):
+    start: float = Field(1.0, ge=0, le=1)
+    end: float = Field(0.01, ge=0, le=1)
+    decay_steps: int = Field(250_000, gt=0)
+    """Agent steps of the linear decay from start to end."""
+    restart: Literal["visit", "game", "never"] = "visit"
+    """Timer: restarts on every visit, runs per game (the paper), or once for the whole run."""
+
+
+class ReplayConfig(_Section):
+    capacity_per_game: int = Field(50_000, ge=64)
+    """Transitions kept for each game (one buffer per game)."""
+
+
+class ConsolidationConfig(_Section):
+    method: Literal["none", "l2", "ewc", "online_ewc"] = "none"
+    """none: fine-tuning; l2: uniform importance; ewc: one Fisher anchor per game; online_ewc: one running anchor."""
+    lambda_: float = Field(400.0, ge=0, alias="lambda")
+    """Penalty strength (the paper's Fisher multiplier)."""
+    fisher_estimator: Literal["expected", "sampled", "empirical"] = "expected"
+    fisher_batches: int = Field(100, gt=0)
+    fisher_batch_size: int = Field(32, gt=0)
+    normalize: Literal["none", "mean", "max"] = "none"
+    """Divide each new Fisher by its mean or max before it is stored."""
+    online_gamma: float = Field(1.0, ge=0, le=1)
+    """online_ewc: decay of the running Fisher (F <- gamma F + F_new)."""
+    min_steps_to_protect: int = Field(0, ge=0)
+    """A game gets an anchor only after this many agent steps on it (the paper: 5M)."""
+    probe_states: int = Field(512, ge=0)
+    """Held-out replayed states per game for the retention probe (0 turns it off)."""
+    probe_every: int = Field(10_000, gt=0)
+    """Agent steps between retention-probe measurements."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              populate_by_name=True)
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(250_000, ge=0)
+    """Agent steps between checkpoints (0: only at game switches and on SIGTERM/SIGINT)."""
+    keep: int = Field(3, gt=0)
+    """Newest checkpoints kept; older ones are deleted."""
+    replay: bool = True
+    """Include the replay buffers (exact resume). Without them resume starts with empty buffers."""
+
+
+class LoggingConfig(_Section):
+    log_every: int = Field(1_000, gt=0)
+    """Agent steps between scalar logs (losses, sps, epsilon)."""
+    progress_bar: bool = True
+
+
+class TrainConfig(_Section):
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    torch_threads: int = Field(0, ge=0)
+    """CPU threads for torch (0: torch's default)."""
+    env: EnvConfig = EnvConfig()
+    schedule: ScheduleConfig
+    network: NetworkConfig = NetworkConfig()
+    dqn: DQNConfig = DQNConfig()
+    epsilon: EpsilonConfig = EpsilonConfig()
+    replay: ReplayConfig = ReplayConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        import torch
+
+        if device == "auto" or device == "cpu":
+            return device
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        if parsed.type != "cuda":
+            raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+        return device
+
+    @model_validator(mode="after")
+    def _replay_fits_batch(self) -> "TrainConfig":
+        if self.dqn.batch_size > self.replay.capacity_per_game:
+            raise ValueError(
+                f"dqn.batch_size ({self.dqn.batch_size}) exceeds replay.capacity_per_game "
+                f"({self.replay.capacity_per_game})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """Short stable hash of the resolved config."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['a.b=1', 'c=[x, y]'] -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"Override {item!r} is not of the form section.key=value (e.g. schedule.cycles=2).")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r} conflicts with an earlier override of {part!r}.")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML file (or start from `base`), apply dotted overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist. Shipped configs are in configs/.")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (env, schedule, dqn, ...).")
+        data = _merge(data, loaded)
+    data = _merge(data, parse_overrides(overrides or []))
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid {source}:\n" + _explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        if error["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            names = [f.alias or n for n, f in model.model_fields.items()] if model else []
+            close = difflib.get_close_matches(loc[-1], names, n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close else f" Known keys: {', '.join(names)}."
+            lines.append(f"  {key}: unknown key.{hint}")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+            lines.append(f"  {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = TrainConfig
+    for part in loc:
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu.")
+    return device

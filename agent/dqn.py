@@ -1,0 +1,98 @@
+"""DQN loss, learner and epsilon-greedy actor."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agent.replay import Batch
+
+
+def td_targets(rewards: torch.Tensor, dones: torch.Tensor, next_q_online: torch.Tensor,
+               next_q_target: torch.Tensor, gamma: float, double_dqn: bool) -> torch.Tensor:
+    """r + gamma (1 - done) Q_target(s', a*), a* = argmax Q_online(s') (Double DQN) or argmax Q_target(s')."""
+    chooser = next_q_online if double_dqn else next_q_target
+    best = chooser.argmax(dim=1, keepdim=True)
+    next_value = next_q_target.gather(1, best).squeeze(1)
+    return rewards + gamma * (1.0 - dones) * next_value
+
+
+def per_sample_td_loss(q_values: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+                       huber_delta: float) -> torch.Tensor:
+    """Huber loss of Q(s, a) against fixed targets, one value per sample."""
+    chosen = q_values.gather(1, actions.unsqueeze(1)).squeeze(1)
+    return F.huber_loss(chosen, targets, reduction="none", delta=huber_delta)
+
+
+class DQNLearner:
+    """Online and target Q-networks with Adam; one `apply(loss)` per update."""
+
+    def __init__(self, network: nn.Module, learning_rate: float, adam_eps: float, gamma: float,
+                 double_dqn: bool, huber_delta: float, max_grad_norm: float, clip_rewards: bool):
+        self.online = network
+        self.target = copy.deepcopy(network).requires_grad_(False)
+        self.gamma = gamma
+        self.double_dqn = double_dqn
+        self.huber_delta = huber_delta
+        self.max_grad_norm = max_grad_norm
+        self.clip_rewards = clip_rewards
+        device = next(network.parameters()).device
+        # The fused kernel does the whole Adam step in one pass (about 10% of an update on CPU).
+        fused = "fused" in inspect.signature(torch.optim.Adam).parameters and device.type in ("cuda", "cpu")
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate, eps=adam_eps,
+                                          **({"fused": True} if fused else {}))
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        rewards = batch.rewards.clamp(-1.0, 1.0) if self.clip_rewards else batch.rewards
+        with torch.no_grad():
+            next_q_target = self.target(batch.next_obs)
+            next_q_online = self.online(batch.next_obs) if self.double_dqn else next_q_target
+        return td_targets(rewards, batch.dones, next_q_online, next_q_target, self.gamma, self.double_dqn)
+
+    def td_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean TD loss, mean Q(s, a) of the batch)."""
+        q_values = self.online(batch.obs)
+        losses = per_sample_td_loss(q_values, batch.actions, self.targets(batch), self.huber_delta)
+        return losses.mean(), q_values.detach().gather(1, batch.actions.unsqueeze(1)).mean()
+
+    def apply(self, loss: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on `loss`; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        return grad_norm
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.online.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> float:
+    fraction = min(step / decay_steps, 1.0)
+    return start + fraction * (end - start)
+
+
+@torch.no_grad()
+def epsilon_greedy(network: nn.Module, obs: np.ndarray, epsilon: float, rng: np.random.Generator,
+                   device: torch.device, num_actions: int) -> np.ndarray:
+    """One action per env: greedy in Q, uniform with probability epsilon."""
+    explore = rng.random(len(obs)) < epsilon
+    random_actions = rng.integers(num_actions, size=len(obs))
+    if explore.all():  # skip the forward pass while acting at random
+        return random_actions
+    greedy = network(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
+    return np.where(explore, random_actions, greedy)

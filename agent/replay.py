@@ -1,0 +1,146 @@
+"""Replay memory that stores single frames and rebuilds frame stacks on sampling.
+
+Dopamine's layout, extended to interleaved environments: every env writes its own
+ring of slots, one 84x84 frame per slot, so a transition costs about one frame
+(~7 KB) instead of two full stacks (~56 KB). Each episode begins with the first
+`stack - 1` frames of its reset observation (HISTORY slots; zeros for ale-py's
+zero-padded reset), one STEP slot per action taken, and, when the episode ends, an
+END slot holding the final frame. The window of slots t-3..t+1 therefore always lies
+inside one episode: obs = frames[t-3..t], next_obs = frames[t-2..t+1], with no
+padding logic at sampling time and exact next states at truncation too.
+
+Knows nothing about the agent: numpy in, numpy or torch out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HISTORY, STEP, END = 0, 1, 2
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor  # (B, 4, 84, 84) uint8
+    actions: torch.Tensor  # (B,) int64
+    rewards: torch.Tensor  # (B,) float32, raw
+    dones: torch.Tensor  # (B,) float32: 1 where the target must not bootstrap
+    next_obs: torch.Tensor  # (B, 4, 84, 84) uint8
+
+
+class FrameReplay:
+    """Replay for one game, written by `num_envs` interleaved environments."""
+
+    def __init__(self, capacity: int, num_envs: int, stack: int = 4, frame_shape: tuple[int, int] = (84, 84)):
+        slots = capacity // num_envs
+        if slots < stack + 4:
+            raise ValueError(f"Replay capacity {capacity} is too small for {num_envs} envs: "
+                             f"need at least {(stack + 4) * num_envs}.")
+        self.stack = stack
+        self.num_envs = num_envs
+        self.slots = slots
+        self.frames = np.zeros((num_envs, slots, *frame_shape), dtype=np.uint8)
+        self.actions = np.zeros((num_envs, slots), dtype=np.uint8)
+        self.rewards = np.zeros((num_envs, slots), dtype=np.float32)
+        self.dones = np.zeros((num_envs, slots), dtype=bool)
+        self.kinds = np.zeros((num_envs, slots), dtype=np.uint8)
+        # valid[e, t]: a transition starting at slot t can be sampled.
+        self.valid = np.zeros((num_envs, slots), dtype=bool)
+        self.cursor = np.zeros(num_envs, dtype=np.int64)
+        # open[e]: env e is inside an episode whose last written slot is a STEP.
+        self.open = np.zeros(num_envs, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.frames, self.actions, self.rewards, self.dones, self.kinds, self.valid)
+        return sum(a.nbytes for a in arrays)
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
+            episode_ends: np.ndarray, next_obs: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Store one vector step: obs[e] --actions[e]--> next_obs[e] for every env e in `mask`.
+
+        `dones` stops bootstrapping (termination, or a lost life when configured);
+        `episode_ends` says the env's episode is over (terminated or truncated).
+        """
+        envs = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask)
+        starting = envs[~self.open[envs]]
+        for k in range(self.stack - 1):
+            self._write(starting, obs[starting, k], HISTORY)
+        self._write(envs, obs[envs, -1], STEP, actions[envs], rewards[envs], dones[envs])
+        self.open[envs] = True
+        ending = envs[np.asarray(episode_ends, dtype=bool)[envs]]
+        self._write(ending, next_obs[ending, -1], END)
+        self.open[ending] = False
+
+    def close_episodes(self) -> None:
+        """Forget the episodes in progress (the envs are closed at a game switch)."""
+        self.open[:] = False
+
+    def _write(self, envs: np.ndarray, frames: np.ndarray, kind: int, actions=0, rewards=0.0, dones=False) -> None:
+        if len(envs) == 0:
+            return
+        slot = self.cursor[envs]
+        # The slots after `slot` are the oldest; overwriting `slot` removes their history.
+        for ahead in range(1, self.stack):
+            self.valid[envs, (slot + ahead) % self.slots] = False
+        self.frames[envs, slot] = frames
+        self.actions[envs, slot] = actions
+        self.rewards[envs, slot] = rewards
+        self.dones[envs, slot] = dones
+        self.kinds[envs, slot] = kind
+        self.valid[envs, slot] = False
+        if kind != HISTORY:
+            # The STEP before this slot now has its next frame.
+            previous = (slot - 1) % self.slots
+            self.valid[envs, previous] = self.open[envs] & (self.kinds[envs, previous] == STEP)
+        self.cursor[envs] = (slot + 1) % self.slots
+
+    def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        candidates = np.flatnonzero(self.valid)
+        if len(candidates) == 0:
+            raise ValueError("The replay buffer holds no complete transition yet.")
+        return candidates[rng.integers(len(candidates), size=n)]
+
+    def windows(self, indices: np.ndarray) -> np.ndarray:
+        """(B, stack + 1, H, W) frames t-stack+1 .. t+1 for flat slot indices."""
+        env, slot = np.divmod(indices, self.slots)
+        offsets = np.arange(-(self.stack - 1), 2)
+        return self.frames[env[:, None], (slot[:, None] + offsets) % self.slots]
+
+    def sample(self, n: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> Batch:
+        indices = self.sample_indices(n, rng)
+        window = torch.from_numpy(self.windows(indices)).to(device, non_blocking=True)
+        env, slot = np.divmod(indices, self.slots)
+
+        def column(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(array[env, slot]).to(device=device, dtype=dtype, non_blocking=True)
+
+        return Batch(
+            obs=window[:, :-1],
+            actions=column(self.actions, torch.int64),
+            rewards=column(self.rewards, torch.float32),
+            dones=column(self.dones, torch.float32),
+            next_obs=window[:, 1:],
+        )
+
+    def sample_states(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, stack, H, W) uint8 observations of stored transitions, e.g. for a Fisher estimate."""
+        return self.windows(self.sample_indices(n, rng))[:, :-1]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        names = ("frames", "actions", "rewards", "dones", "kinds", "valid", "cursor", "open")
+        return {name: torch.from_numpy(getattr(self, name)) for name in names}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            current = getattr(self, name)
+            if tuple(tensor.shape) != current.shape:
+                raise ValueError(f"Replay {name} has shape {tuple(tensor.shape)}, expected {current.shape}: "
+                                 "the replay capacity or env count differs from the checkpoint's.")
+            current[...] = tensor.numpy()
