@@ -1,0 +1,56 @@
+"""Config loading: shipped configs validate; bad input is a clear error."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    config = load_config(path)
+    assert config.schedule.total_steps > 0
+
+
+def test_overrides_are_dotted_and_typed():
+    config = load_config(CONFIGS / "smoke.yaml", ["schedule.steps_per_visit=5000", "schedule.games=[Pong, ms_pacman]",
+                                                  "consolidation.lambda=50", "dqn.double_dqn=false"])
+    assert config.schedule.steps_per_visit == 5000
+    assert config.schedule.games == ["Pong", "MsPacman"]
+    assert config.consolidation.lambda_ == 50
+    assert config.dqn.double_dqn is False
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dqn.learning_rat=0.1", r"dqn.learning_rat: unknown key. Did you mean learning_rate"),
+    ("bogus=1", r"bogus: unknown key"),
+    ("schedule.steps_per_visit=-5", r"schedule.steps_per_visit: Input should be greater than 0 \(got -5\)"),
+    ("schedule.steps_per_visit=lots", r"schedule.steps_per_visit: .*integer"),
+    ("schedule.games=[Brekout]", r"Unknown Atari game 'Brekout'.*Breakout"),
+    ("schedule.games=[Pong, pong]", r"games listed twice"),
+    ("env.sticky_action_prob=1.5", r"env.sticky_action_prob"),
+    ("consolidation.method=ewk", r"consolidation.method"),
+    ("device=tpu", r"device"),
+    ("replay.capacity_per_game=100", r"exceeds|greater than or equal"),
+])
+def test_bad_values_are_clear_errors(override, message):
+    overrides = [override] + (["dqn.batch_size=128"] if "capacity" in override else [])
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "smoke.yaml", overrides)
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(CONFIGS / "smoke.yaml", ["schedule.cycles"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="schedule: Field required"):
+        load_config(None, ["seed=1"])

@@ -1,0 +1,72 @@
+"""TD targets against a hand computation; the learner's update; epsilon schedule."""
+
+import numpy as np
+import pytest
+import torch
+
+from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss, td_targets
+from agent.networks import QNetwork
+from agent.replay import Batch
+
+
+def test_double_dqn_target_by_hand():
+    rewards = torch.tensor([1.0, 0.5, -1.0])
+    dones = torch.tensor([0.0, 1.0, 0.0])
+    online = torch.tensor([[1.0, 3.0], [0.0, 1.0], [5.0, 2.0]])
+    target = torch.tensor([[10.0, 20.0], [7.0, 8.0], [4.0, 9.0]])
+    # Double DQN: online picks (1, 1, 0); target evaluates (20, 8, 4); done row 1 ignores it.
+    expected = torch.tensor([1.0 + 0.9 * 20.0, 0.5, -1.0 + 0.9 * 4.0])
+    assert torch.allclose(td_targets(rewards, dones, online, target, 0.9, double_dqn=True), expected)
+    # Plain DQN: max of the target network (20, 8, 9).
+    expected_plain = torch.tensor([1.0 + 0.9 * 20.0, 0.5, -1.0 + 0.9 * 9.0])
+    assert torch.allclose(td_targets(rewards, dones, online, target, 0.9, double_dqn=False), expected_plain)
+
+
+def test_huber_per_sample():
+    q = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    losses = per_sample_td_loss(q, torch.tensor([1, 0]), torch.tensor([2.5, 4.0]), huber_delta=1.0)
+    assert torch.allclose(losses, torch.tensor([0.5 * 0.5 ** 2, 3.0 - 0.5]))
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = lambda: torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8, generator=g)  # noqa: E731
+    return Batch(frames(), torch.randint(0, 18, (n,), generator=g), torch.randn(n, generator=g) * 3,
+                 (torch.rand(n, generator=g) < 0.3).float(), frames())
+
+
+def test_learner_targets_clip_rewards_and_use_target_network():
+    torch.manual_seed(0)
+    learner = DQNLearner(QNetwork(18), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=True)
+    batch = _batch()
+    with torch.no_grad():
+        expected = td_targets(batch.rewards.clamp(-1, 1), batch.dones, learner.online(batch.next_obs),
+                              learner.target(batch.next_obs), 0.99, True)
+    assert torch.allclose(learner.targets(batch), expected)
+
+
+def test_updates_reduce_the_loss_and_leave_the_target_until_sync():
+    torch.manual_seed(0)
+    learner = DQNLearner(QNetwork(18), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=True)
+    batch = _batch()
+    before = [p.clone() for p in learner.target.parameters()]
+    first, _ = learner.td_loss(batch)
+    for _ in range(30):
+        loss, _ = learner.td_loss(batch)
+        learner.apply(loss)
+    last, _ = learner.td_loss(batch)
+    assert last < first
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.target.parameters()))
+    learner.sync_target()
+    assert all(torch.equal(a, b) for a, b in zip(learner.online.parameters(), learner.target.parameters()))
+
+
+def test_epsilon_schedule_and_greedy_actions():
+    assert linear_epsilon(0, 1.0, 0.1, 100) == 1.0
+    assert linear_epsilon(50, 1.0, 0.1, 100) == pytest.approx(0.55)
+    assert linear_epsilon(1000, 1.0, 0.1, 100) == pytest.approx(0.1)
+    net = QNetwork(18)
+    obs = np.random.default_rng(0).integers(0, 256, (5, 4, 84, 84), dtype=np.uint8)
+    greedy = net(torch.from_numpy(obs)).argmax(1).numpy()
+    actions = epsilon_greedy(net, obs, 0.0, np.random.default_rng(1), torch.device("cpu"), 18)
+    assert (actions == greedy).all()

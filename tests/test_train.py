@@ -1,0 +1,116 @@
+"""Tiny end-to-end runs on real games: TensorBoard tags, both games visited, refusals, resume."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agent.checkpoint import list_checkpoints, load_latest
+from agent.cli import train_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TINY = ["schedule.steps_per_visit=240", "env.num_envs=2", "dqn.learning_starts=64", "dqn.target_update_every=100",
+        "replay.capacity_per_game=512", "consolidation.fisher_batches=2", "consolidation.probe_states=16",
+        "consolidation.probe_every=100", "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1"]
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def final_params(run_dir):
+    _, state = load_latest(run_dir / "checkpoints")
+    return state["learner"]["online"]
+
+
+def test_smoke_run_visits_both_games_and_logs_the_tags(tmp_path):
+    run = tmp_path / "run"
+    # Random play (epsilon stays high) ends Breakout episodes within ~200 steps per env.
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
+                       "schedule.steps_per_visit=800", "epsilon.decay_steps=100000"]) == 0
+    tags = scalars(run)
+    for tag in ("charts/sps", "charts/epsilon", "charts/game_index", "losses/td_loss", "losses/q_values",
+                "losses/ewc_penalty", "ewc/num_anchors", "charts/Breakout/episodic_return",
+                "charts/Breakout/episodic_length", "retention/Breakout/agreement", "retention/Breakout/q_drift",
+                "ewc/Breakout/fisher_mean"):
+        assert tag in tags, tag
+    assert {value for _, value in tags["charts/game_index"]} == {0.0, 1.0}
+    assert max(value for _, value in tags["losses/ewc_penalty"]) > 0  # Pong is trained under Breakout's anchor
+    _, state = load_latest(run / "checkpoints")
+    assert state["progress"]["game_steps"] == {"Breakout": 800, "Pong": 800}
+    assert list(state["consolidator"]["anchors"]) == ["Breakout", "Pong"]
+
+
+def test_refuses_a_run_directory_that_holds_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=8"]
+    assert train_main(args) == 0
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert train_main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert train_main(["--config", SMOKE, "--run-dir", str(tmp_path / "r"), "schedule.games=[Pongg]"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown Atari game 'Pongg'" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_after_a_game_switch_is_bit_identical(tmp_path):
+    """Stopping at the switch (the budget was one cycle) and resuming for a second cycle equals one long run."""
+    games = "schedule.games=[Breakout, Pong]"
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_main(["--config", SMOKE, "--run-dir", str(straight), *TINY, games, "schedule.cycles=2"]) == 0
+    assert train_main(["--config", SMOKE, "--run-dir", str(split), *TINY, games, "schedule.cycles=1"]) == 0
+    assert train_main(["--resume", str(split), "schedule.cycles=2"]) == 0
+    a, b = final_params(straight), final_params(split)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    steps = [step for step, _ in scalars(split)["charts/sps"]]
+    assert steps == sorted(set(steps)), "resumed curves have no duplicated steps"
+
+
+def test_resume_refuses_changes_to_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]",
+                       "schedule.steps_per_visit=8"]) == 0
+    assert train_main(["--resume", str(run), "network.architecture=large", "schedule.games=[Pong, Breakout]"]) == 2
+    err = capsys.readouterr().err
+    assert "network.architecture: checkpoint 'nature', now 'large'" in err
+    assert "schedule.games" in err
+
+
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
+           "schedule.steps_per_visit=100000", "schedule.games=[Pong]"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # wait until training runs
+            if line.startswith("Run directory"):
+                break
+        deadline = time.monotonic() + 60
+        while not (run / "tb").exists() or not list((run / "tb").iterdir()):
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, output
+    assert "checkpoint written" in output
+    (checkpoint,) = list_checkpoints(run / "checkpoints")
+    stopped_at = load_latest(run / "checkpoints")[1]["progress"]["global_step"]
+    assert stopped_at > 0
+    assert train_main(["--resume", str(run), "schedule.steps_per_visit=" + str(stopped_at + 40)]) == 0
+    assert load_latest(run / "checkpoints")[1]["progress"]["global_step"] == stopped_at + 40
