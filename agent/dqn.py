@@ -33,7 +33,10 @@ class DQNLearner:
     """Online and target Q-networks with Adam; one `apply(loss)` per update."""
 
     def __init__(self, network: nn.Module, learning_rate: float, adam_eps: float, gamma: float,
-                 double_dqn: bool, huber_delta: float, max_grad_norm: float, clip_rewards: bool):
+                 double_dqn: bool, huber_delta: float, max_grad_norm: float, clip_rewards: bool,
+                 precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"Unknown precision {precision!r}: use 'fp32' or 'bf16'.")
         self.online = network
         self.target = copy.deepcopy(network).requires_grad_(False)
         self.gamma = gamma
@@ -42,21 +45,29 @@ class DQNLearner:
         self.max_grad_norm = max_grad_norm
         self.clip_rewards = clip_rewards
         device = next(network.parameters()).device
+        # bf16 autocast runs the convolutions and matmuls of the update in bfloat16 (weights,
+        # optimiser state and losses stay float32): about 2x faster on CPUs with AVX512-BF16
+        # or AMX and on GPUs with tensor cores.
+        self.device_type, self.bf16 = device.type, precision == "bf16"
         # The fused kernel does the whole Adam step in one pass (about 10% of an update on CPU).
         fused = "fused" in inspect.signature(torch.optim.Adam).parameters and device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate, eps=adam_eps,
                                           **({"fused": True} if fused else {}))
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def targets(self, batch: Batch) -> torch.Tensor:
         rewards = batch.rewards.clamp(-1.0, 1.0) if self.clip_rewards else batch.rewards
-        with torch.no_grad():
-            next_q_target = self.target(batch.next_obs)
-            next_q_online = self.online(batch.next_obs) if self.double_dqn else next_q_target
+        with torch.no_grad(), self._autocast():
+            next_q_target = self.target(batch.next_obs).float()
+            next_q_online = self.online(batch.next_obs).float() if self.double_dqn else next_q_target
         return td_targets(rewards, batch.dones, next_q_online, next_q_target, self.gamma, self.double_dqn)
 
     def td_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean TD loss, mean Q(s, a) of the batch)."""
-        q_values = self.online(batch.obs)
+        with self._autocast():
+            q_values = self.online(batch.obs).float()
         losses = per_sample_td_loss(q_values, batch.actions, self.targets(batch), self.huber_delta)
         return losses.mean(), q_values.detach().gather(1, batch.actions.unsqueeze(1)).mean()
 

@@ -68,7 +68,7 @@ class Trainer:
         self.network = QNetwork(NUM_ACTIONS, config.network.architecture).to(self.device)
         dqn = config.dqn
         self.learner = DQNLearner(self.network, dqn.learning_rate, dqn.adam_eps, dqn.gamma, dqn.double_dqn,
-                                  dqn.huber_delta, dqn.max_grad_norm, dqn.clip_rewards)
+                                  dqn.huber_delta, dqn.max_grad_norm, dqn.clip_rewards, dqn.precision)
         cons = config.consolidation
         self.consolidator = Consolidator(cons.method, cons.lambda_, cons.fisher_estimator, cons.normalize,
                                          cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size)

@@ -45,9 +45,10 @@ def test_learner_targets_clip_rewards_and_use_target_network():
     assert torch.allclose(learner.targets(batch), expected)
 
 
-def test_updates_reduce_the_loss_and_leave_the_target_until_sync():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_updates_reduce_the_loss_and_leave_the_target_until_sync(precision):
     torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(18), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=True)
+    learner = DQNLearner(QNetwork(18), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=True, precision=precision)
     batch = _batch()
     before = [p.clone() for p in learner.target.parameters()]
     first, _ = learner.td_loss(batch)

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Benchmarks, each row measured side by side with its baseline in this one run.
+
+    python scripts/bench.py            # the full table (about 5 minutes on 2 cores)
+    python scripts/bench.py --quick    # smaller sizes, for a quick look
+    python scripts/bench.py --only env,fisher
+
+Timings are medians over --repeats runs; compare the ratios, the machine is shared.
+The Stable-Baselines3 row needs the `bench` extra (pip install -e ".[bench]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from agent.config import load_config  # noqa: E402
+from agent.consolidation import Consolidator  # noqa: E402
+from agent.dqn import DQNLearner  # noqa: E402
+from agent.fisher import estimate_fisher  # noqa: E402
+from agent.networks import QNetwork  # noqa: E402
+from agent.replay import Batch, FrameReplay  # noqa: E402
+from agent.trainer import Trainer  # noqa: E402
+from envs import NUM_ACTIONS, AtariSettings, make_vector_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GAME = "Breakout"
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_env(args) -> list[tuple]:
+    steps, num_envs = (200, 8) if args.quick else (1000, 8)
+    rng = np.random.default_rng(0)
+
+    def run(backend):
+        env = make_vector_env(GAME, num_envs, AtariSettings(), backend=backend)
+        env.reset(seed=0)
+        actions = [rng.integers(NUM_ACTIONS, size=num_envs) for _ in range(steps)]
+
+        def go():
+            for a in actions:
+                env.step(a)
+        seconds = median_time(go, args.repeats)
+        env.close()
+        return steps * num_envs / seconds
+
+    ours, fallback = run("ale_vector"), run("gymnasium")
+    return [(f"env steps/s, {GAME}, {num_envs} envs, random actions", "AtariVectorEnv (C++ threads)",
+             ours, "gymnasium AsyncVectorEnv", fallback)]
+
+
+def _batch(n: int) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    frames = lambda: torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8, generator=g)  # noqa: E731
+    return Batch(frames(), torch.randint(0, 18, (n,), generator=g), torch.randn(n, generator=g),
+                 torch.zeros(n), frames())
+
+
+def bench_learner(args) -> list[tuple]:
+    updates = 20 if args.quick else 60
+    batch = _batch(32)
+
+    def rate(fused: bool, precision: str = "fp32") -> float:
+        torch.manual_seed(0)
+        learner = DQNLearner(QNetwork(NUM_ACTIONS), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision)
+        if not fused:
+            learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
+
+        def go():
+            for _ in range(updates):
+                loss, _ = learner.td_loss(batch)
+                learner.apply(loss)
+        go()  # warm-up
+        return updates / median_time(go, args.repeats)
+
+    fused = rate(True)
+    return [("learner updates/s, batch 32, Nature CNN, Double DQN", "fp32, fused Adam", fused,
+             "fp32, per-parameter Adam", rate(False)),
+            ("learner updates/s, batch 32, Nature CNN, Double DQN", "bf16 autocast, fused Adam",
+             rate(True, "bf16"), "fp32, fused Adam", fused)]
+
+
+def bench_end_to_end(args) -> list[tuple]:
+    steps = 3000 if args.quick else 12000
+    starts = 1000 if args.quick else 2000
+    base = load_config(ROOT / "configs" / "smoke.yaml", [
+        f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", "env.num_envs=8",
+        f"dqn.learning_starts={starts}", "dqn.train_every=4", "replay.capacity_per_game=100000",
+        "consolidation.method=none", "consolidation.probe_states=0", "checkpoint.every=0",
+        "logging.progress_bar=false", "logging.log_every=1000", "device=cpu"])
+
+    def ours(num_envs: int, precision: str = "fp32") -> float:
+        config = base.model_copy(deep=True)
+        config.env.num_envs = num_envs
+        config.dqn.precision = precision
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(config, Path(tmp))
+            start = time.perf_counter()
+            trainer.train()
+            return steps / (time.perf_counter() - start)
+
+    what = f"end-to-end agent steps/s, {steps} steps, updates from {starts}, 1 update / 4 steps"
+    ours8 = ours(8)
+    sb3 = _sb3_rate(steps, starts)
+    baseline = ("Stable-Baselines3 DQN, 1 env", sb3) if sb3 is not None else ("this project, 8 envs, fp32", ours8)
+    return [(what, "8 envs, fp32", ours8, *baseline),
+            (what, "8 envs, bf16", ours(8, "bf16"), *baseline),
+            (what, "1 env, fp32", ours(1), *baseline)]
+
+
+def _sb3_rate(steps: int, starts: int) -> float | None:
+    try:
+        import ale_py
+        import gymnasium as gym
+        from stable_baselines3 import DQN
+        from stable_baselines3.common.atari_wrappers import AtariWrapper
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+    except ImportError:
+        print("(Stable-Baselines3 not installed: pip install -e '.[bench]' for its row)", file=sys.stderr)
+        return None
+    gym.register_envs(ale_py)
+
+    def make():
+        env = gym.make(f"ALE/{GAME}-v5", frameskip=1, repeat_action_probability=0.25, full_action_space=True)
+        return AtariWrapper(env, frame_skip=4, terminal_on_life_loss=False)
+
+    env = VecFrameStack(DummyVecEnv([make]), 4)
+    model = DQN("CnnPolicy", env, buffer_size=100_000, learning_starts=starts, train_freq=4, gradient_steps=1,
+                batch_size=32, target_update_interval=1000, optimize_memory_usage=False, device="cpu", seed=0,
+                replay_buffer_kwargs={"handle_timeout_termination": False})
+    start = time.perf_counter()
+    model.learn(steps)
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def bench_replay(args) -> list[tuple]:
+    replay = FrameReplay(capacity=80_000, num_envs=8)
+    ours = replay.nbytes / 80_000
+    full = 2 * 4 * 84 * 84 + 1 + 4 + 1  # obs and next_obs stacks, action, reward, done
+    return [("replay bytes per transition (lower is better)", "single frames, stacks rebuilt", ours,
+             "obs + next_obs stacks", full)]
+
+
+def bench_fisher(args) -> list[tuple]:
+    n, loop_n = (640, 32) if args.quick else (3200, 128)
+    torch.manual_seed(0)
+    net = QNetwork(NUM_ACTIONS)
+    states = torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8)
+    params = list(net.parameters())
+
+    def loop():
+        # The obvious way: one backward pass per state and action.
+        for i in range(loop_n):
+            log_probs = torch.log_softmax(net(states[i:i + 1])[0], 0)
+            probs = log_probs.exp().detach()
+            for a in range(NUM_ACTIONS):
+                grads = torch.autograd.grad(log_probs[a], params, retain_graph=True)
+                _ = [probs[a] * g.square() for g in grads]
+
+    batched = median_time(lambda: estimate_fisher(net, states, "expected", batch_size=32), 1)
+    looped = median_time(loop, 1) * n / loop_n
+    return [(f"Fisher (expected over 18 actions), {n} states, seconds (lower is better)", "batched exact",
+             batched, f"per-sample loop (timed on {loop_n}, scaled)", looped)]
+
+
+def bench_penalty(args) -> list[tuple]:
+    net = QNetwork(NUM_ACTIONS)
+    repeats = 20 if args.quick else 50
+
+    def cost(num_anchors: int, combined: bool) -> float:
+        consolidator = Consolidator("l2", lambda_=1.0)
+        for k in range(num_anchors):
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(0.01)
+            consolidator.consolidate(f"game{k}", net)
+        anchors = list(consolidator.anchors.values())
+
+        def naive():
+            total = 0.0
+            for anchor in anchors:
+                for name, p in net.named_parameters():
+                    total = total + (anchor["importance"][name] * (p - anchor["params"][name]).square()).sum()
+            total.backward()
+
+        def fast():
+            consolidator.penalty(net, "current").backward()
+
+        fn = fast if combined else naive
+        fn()
+        return median_time(lambda: [fn() for _ in range(repeats)], args.repeats) / repeats * 1e3
+
+    one, ten, ten_naive = cost(1, True), cost(10, True), cost(10, False)
+    return [("penalty forward+backward per update, ms (lower is better)", "10 anchors, combined", ten,
+             "1 anchor", one),
+            ("penalty forward+backward per update, ms (lower is better)", "10 anchors, combined", ten,
+             "10 anchors, naive per-game sum", ten_naive)]
+
+
+BENCHES = {"env": bench_env, "learner": bench_learner, "end_to_end": bench_end_to_end, "replay": bench_replay,
+           "fisher": bench_fisher, "penalty": bench_penalty}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
+    args = parser.parse_args()
+    unknown = set(args.only.split(",")) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHES)}")
+    rows = []
+    for name in args.only.split(","):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows += BENCHES[name](args)
+    print(f"\nMachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          f"device cpu")
+    print(f"| measurement | this project | value | baseline | value | ratio |\n|---|---|---:|---|---:|---:|")
+    for what, ours_name, ours, base_name, base in rows:
+        print(f"| {what} | {ours_name} | {ours:,.1f} | {base_name} | {base:,.1f} | {ours / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
