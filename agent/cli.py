@@ -50,3 +50,96 @@ def train_main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(f"Run directory: {trainer.run_dir}  (tensorboard --logdir {trainer.run_dir})", file=sys.stderr)
     return trainer.train()
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ewc-evaluate",
+        description="Play full episodes of every game with a checkpoint's network and report the scores.")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint file (step-N.pt) or a run directory (its newest complete checkpoint)")
+    parser.add_argument("--games", nargs="+", help="games to play (default: the run's schedule)")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per game (default 10)")
+    parser.add_argument("--epsilon", type=float, default=0.05, help="exploration while playing (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--output", type=Path, help="write the results as JSON here (and CSV beside it)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+
+    import json
+
+    from tqdm import tqdm
+
+    from agent.checkpoint import load_checkpoint, load_latest
+    from agent.config import resolve_device, validate_config
+    from agent.evaluation import evaluate_games
+    from agent.networks import QNetwork
+    from envs import NUM_ACTIONS, AtariSettings, resolve_game
+
+    try:
+        if args.episodes <= 0:
+            raise ConfigError(f"--episodes must be positive, got {args.episodes}.")
+        if not 0.0 <= args.epsilon <= 1.0:
+            raise ConfigError(f"--epsilon must lie in [0, 1], got {args.epsilon}.")
+        if args.checkpoint.is_dir():
+            path, state = load_latest(args.checkpoint / "checkpoints" if (args.checkpoint / "checkpoints").is_dir()
+                                      else args.checkpoint)
+        elif args.checkpoint.exists():
+            path, state = args.checkpoint, load_checkpoint(args.checkpoint)
+        else:
+            raise CheckpointError(f"{args.checkpoint} does not exist: give a checkpoint file or a run directory.")
+        config = validate_config(state["config"], f"config stored in {path}")
+        games = [resolve_game(g)[0] for g in args.games] if args.games else config.schedule.games
+        device = resolve_device(args.device)
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    network = QNetwork(NUM_ACTIONS, config.network.architecture).to(device)
+    network.load_state_dict(state["learner"]["online"])
+    network.eval()
+    env = config.env
+    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset, env.max_episode_frames,
+                             env.frame_skip)
+    with tqdm(total=args.episodes * len(games), unit="episode", file=sys.stderr) as bar:
+        results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings, args.num_envs,
+                                 progress=bar)
+    results.update(checkpoint=str(path), step=state["progress"]["global_step"], config_hash=config.digest(),
+                   seed=args.seed, epsilon=args.epsilon, episodes=args.episodes)
+    print(format_table(results))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2))
+        write_csv(results, args.output.with_suffix(".csv"))
+        print(f"Wrote {args.output} and {args.output.with_suffix('.csv')}", file=sys.stderr)
+    return 0
+
+
+COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "human_normalized")
+
+
+def format_table(results: dict) -> str:
+    def cell(value):
+        if value is None:
+            return "n/a"
+        return f"{value:d}" if isinstance(value, int) else f"{value:.2f}"
+
+    lines = [f"checkpoint {results['checkpoint']} (step {results['step']}), epsilon {results['epsilon']}, "
+             f"seed {results['seed']}",
+             "| game | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for game, row in results["games"].items():
+        lines.append(f"| {game} | " + " | ".join(cell(row[c]) for c in COLUMNS) + " |")
+    lines.append(f"mean human-normalised score: {cell(results['mean_human_normalized'])}")
+    return "\n".join(lines)
+
+
+def write_csv(results: dict, path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["game", *COLUMNS, "checkpoint", "step", "seed", "epsilon"])
+        for game, row in results["games"].items():
+            writer.writerow([game, *(row[c] for c in COLUMNS), results["checkpoint"], results["step"],
+                             results["seed"], results["epsilon"]])

@@ -12,10 +12,10 @@ network's outputs f(x) are read as logits of a policy pi = softmax(f(x)):
              cotangent d loss_n / d f(x_n).
 
 Per-sample gradients are never materialised for the whole network. One forward pass
-records each layer's input; one backward pass per cotangent set gives each layer's
-output gradients; the per-sample squared weight gradients follow per layer:
-Linear: (g^2)^T (x^2); Conv2d: the square of the per-sample sum over positions of
-g x_unfolded^T. Supported parameterised layers: nn.Linear and nn.Conv2d (groups=1).
+records each layer's input; one backward pass per cotangent gives each layer's output
+gradients; the per-sample squared weight gradients follow per layer, for all
+cotangents at once: Linear: (sum_k g_k^2)^T (x^2); Conv2d: the square of the
+per-sample sum over positions of g x_unfolded^T. Supported parameterised layers: nn.Linear and nn.Conv2d (groups=1).
 """
 
 from __future__ import annotations
@@ -46,20 +46,25 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _squared_grads(module: nn.Module, inputs: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample squared gradients of the layer's parameters, summed over the batch."""
+    """Per-sample squared gradients of the layer's parameters, summed over samples and cotangents.
+
+    `grad_out` holds the layer's output gradients for K cotangents: (K, N, *output shape).
+    """
     result = {}
     if isinstance(module, nn.Linear):
-        result["weight"] = grad_out.square().T @ inputs.square()
+        squared = grad_out.square().sum(0)  # (N, O): the K cotangents share the input x_n
+        result["weight"] = squared.T @ inputs.square()
         if module.bias is not None:
-            result["bias"] = grad_out.square().sum(0)
+            result["bias"] = squared.sum(0)
         return result
     unfolded = F.unfold(inputs, module.kernel_size, dilation=module.dilation,
                         padding=module.padding, stride=module.stride)  # (N, C*k*k, L)
-    grad_out = grad_out.flatten(2)  # (N, O, L)
-    per_sample = torch.bmm(grad_out, unfolded.transpose(1, 2))  # (N, O, C*k*k)
-    result["weight"] = per_sample.square().sum(0).view_as(module.weight)
+    k, n, o = grad_out.shape[:3]
+    grad_out = grad_out.flatten(3).transpose(0, 1).reshape(n, k * o, -1)  # (N, K*O, L)
+    per_sample = torch.bmm(grad_out, unfolded.transpose(1, 2))  # (N, K*O, C*k*k): one bmm for all K
+    result["weight"] = per_sample.square_().view(n, k, o, -1).sum((0, 1)).view_as(module.weight)
     if module.bias is not None:
-        result["bias"] = grad_out.sum(2).square().sum(0)
+        result["bias"] = grad_out.sum(2).square().view(n, k, o).sum((0, 1))
     return result
 
 
@@ -114,11 +119,14 @@ def estimate_fisher(model: nn.Module, states: torch.Tensor, estimator: str = "ex
             with torch.enable_grad():
                 outputs = model(states[rows].to(device))
             layer_outputs = [records[name][1] for name, _ in layers]
-            for cotangent in _cotangents(outputs, estimator, per_sample_loss, rows, generator):
-                grads = torch.autograd.grad(outputs, layer_outputs, grad_outputs=cotangent, retain_graph=True)
-                for (name, module), grad_out in zip(layers, grads):
-                    for param_name, value in _squared_grads(module, records[name][0], grad_out).items():
-                        fisher[f"{name}.{param_name}" if name else param_name] += value
+            # One backward pass per cotangent gives every layer's output gradients (cheap); the
+            # per-sample products are then done once per layer for all cotangents together.
+            per_cotangent = [torch.autograd.grad(outputs, layer_outputs, grad_outputs=cotangent, retain_graph=True)
+                             for cotangent in _cotangents(outputs, estimator, per_sample_loss, rows, generator)]
+            for index, (name, module) in enumerate(layers):
+                grad_out = torch.stack([grads[index] for grads in per_cotangent])
+                for param_name, value in _squared_grads(module, records[name][0], grad_out).items():
+                    fisher[f"{name}.{param_name}" if name else param_name] += value
     finally:
         for handle in handles:
             handle.remove()

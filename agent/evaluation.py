@@ -1,0 +1,81 @@
+"""Play full episodes with a Q-network, vectorised, reproducibly.
+
+Each env plays a fixed share of the episodes (env i plays episodes i, i+N, ...), so
+the mean is not biased toward short episodes, which finish first. Raw game scores,
+the training protocol's preprocessing and sticky actions, no life-loss signal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from agent.dqn import epsilon_greedy
+from envs import NUM_ACTIONS, AtariSettings, human_normalized_score, make_vector_env
+
+
+def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float = 0.05, seed: int = 0,
+                  settings: AtariSettings | None = None, num_envs: int = 8, backend: str = "ale_vector",
+                  progress=None) -> dict[str, list[float]]:
+    """{"returns": [...], "lengths": [...]} of `episodes` complete episodes of `game`."""
+    if episodes <= 0:
+        raise ValueError(f"episodes must be positive, got {episodes}.")
+    num_envs = min(num_envs, episodes)
+    quota = np.array([len(range(i, episodes, num_envs)) for i in range(num_envs)])
+    device = next(network.parameters()).device
+    rng = np.random.default_rng(seed)
+    env = make_vector_env(game, num_envs, settings or AtariSettings(), backend=backend)
+    returns, lengths = [], []
+    try:
+        obs = env.reset(seed=seed)
+        finished = np.zeros(num_envs, dtype=np.int64)
+        running = np.zeros(num_envs)
+        running_len = np.zeros(num_envs, dtype=np.int64)
+        while (finished < quota).any():
+            actions = epsilon_greedy(network, obs, epsilon, rng, device, NUM_ACTIONS)
+            step = env.step(actions)
+            counting = ~step.was_reset & (finished < quota)
+            running += np.where(counting, step.reward, 0.0)
+            running_len += counting
+            for e in np.flatnonzero((step.terminated | step.truncated) & counting):
+                returns.append(float(running[e]))
+                lengths.append(int(running_len[e]))
+                finished[e] += 1
+                running[e], running_len[e] = 0.0, 0
+                if progress is not None:
+                    progress.update(1)
+            obs = step.obs
+    finally:
+        env.close()
+    return {"returns": returns, "lengths": lengths}
+
+
+def summarize(game: str, returns: list[float]) -> dict[str, float]:
+    values = np.asarray(returns, dtype=np.float64)
+    mean = float(values.mean())
+    hns = human_normalized_score(game, mean)
+    return {
+        "mean": mean,
+        "std": float(values.std()),
+        "median": float(np.median(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "episodes": int(len(values)),
+        "human_normalized": None if math.isnan(hns) else hns,
+    }
+
+
+@torch.no_grad()
+def evaluate_games(network: nn.Module, games: list[str], episodes: int, epsilon: float, seed: int,
+                   settings: AtariSettings | None = None, num_envs: int = 8, progress=None) -> dict:
+    """The JSON-ready summary of every game, plus the mean human-normalised score."""
+    results = {}
+    for index, game in enumerate(games):
+        played = play_episodes(network, game, episodes, epsilon, seed + 1000 * index, settings, num_envs,
+                               progress=progress)
+        results[game] = summarize(game, played["returns"])
+    normalised = [r["human_normalized"] for r in results.values() if r["human_normalized"] is not None]
+    return {"games": results, "mean_human_normalized": float(np.mean(normalised)) if normalised else None}
