@@ -12,6 +12,7 @@ import dataclasses
 import math
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -92,6 +93,10 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def train(self) -> int:
         """Run the schedule to its end; returns an exit code (EXIT_*)."""
+        if self.progress.visit >= len(self.visits):
+            print(f"The run in {self.run_dir} already finished its schedule ({self.progress.global_step} steps); "
+                  "raise schedule.cycles to continue it.", file=sys.stderr)
+            return EXIT_DONE
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=self.config.schedule.total_steps, initial=self.progress.global_step, unit="step", dynamic_ncols=True,
                    disable=not self.config.logging.progress_bar)
@@ -102,13 +107,13 @@ class Trainer:
                 if self._stop_signal is not None:
                     self.save()
                     bar.write(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step}; "
-                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}")
+                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}", file=sys.stderr)
                     return EXIT_INTERRUPTED
                 self._switch_from(game)
             return EXIT_DONE
         except TrainingDiverged as exc:
             bar.write(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
-                      "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.")
+                      "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.", file=sys.stderr)
             return EXIT_DIVERGED
         finally:
             bar.close()

@@ -114,3 +114,46 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     assert stopped_at > 0
     assert train_main(["--resume", str(run), "schedule.steps_per_visit=" + str(stopped_at + 40)]) == 0
     assert load_latest(run / "checkpoints")[1]["progress"]["global_step"] == stopped_at + 40
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
+           "schedule.games=[Pong]", "schedule.steps_per_visit=100000", "checkpoint.every=200",
+           "replay.capacity_per_game=20000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        # Wait for one complete checkpoint, then for the next one to be half written.
+        while not list_checkpoints(run / "checkpoints"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        while not any(p.stat().st_size > 0 for p in (run / "checkpoints").glob("*.tmp")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    complete = list_checkpoints(run / "checkpoints")
+    last_step = load_latest(run / "checkpoints")[1]["progress"]["global_step"]
+    assert last_step == int(complete[-1].stem.split("-")[1])
+    assert train_main(["--resume", str(run), f"schedule.steps_per_visit={last_step + 40}"]) == 0
+    assert load_latest(run / "checkpoints")[1]["progress"]["global_step"] == last_step + 40
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from agent.dqn import DQNLearner
+
+    run = tmp_path / "run"
+    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=80"]
+    assert train_main(args) == 0
+    good = load_latest(run / "checkpoints")[1]["learner"]["online"]
+    monkeypatch.setattr(DQNLearner, "td_loss", lambda self, batch: (torch.tensor(float("nan"), requires_grad=True),
+                                                                    torch.tensor(float("nan"))))
+    assert train_main(["--resume", str(run), "schedule.cycles=2"]) == 4
+    err = capsys.readouterr().err
+    assert "Non-finite loss" in err and "last good checkpoint" in err and "learning_rate" in err
+    path, state = load_latest(run / "checkpoints")
+    assert state["progress"]["global_step"] == 80
+    assert all(torch.equal(good[k], state["learner"]["online"][k]) for k in good)
