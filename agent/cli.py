@@ -63,6 +63,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=0.05, help="exploration while playing (default 0.05)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--max-episode-frames", type=int, help="episode cap (default: the run's, 108000)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here (and CSV beside it)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
@@ -80,6 +81,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes <= 0:
             raise ConfigError(f"--episodes must be positive, got {args.episodes}.")
+        if args.max_episode_frames is not None and args.max_episode_frames <= 0:
+            raise ConfigError(f"--max-episode-frames must be positive, got {args.max_episode_frames}.")
         if not 0.0 <= args.epsilon <= 1.0:
             raise ConfigError(f"--epsilon must lie in [0, 1], got {args.epsilon}.")
         if args.checkpoint.is_dir():
@@ -100,8 +103,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     network.load_state_dict(state["learner"]["online"])
     network.eval()
     env = config.env
-    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset, env.max_episode_frames,
-                             env.frame_skip)
+    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset,
+                             args.max_episode_frames or env.max_episode_frames, env.frame_skip)
     with tqdm(total=args.episodes * len(games), unit="episode", file=sys.stderr) as bar:
         results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings, args.num_envs,
                                  progress=bar)

@@ -141,6 +141,18 @@ class CheckpointConfig(_Section):
     """Include the replay buffers (exact resume). Without them resume starts with empty buffers."""
 
 
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0)
+    """Agent steps between evaluations on every game of the schedule (0: only at the start and at each switch;
+    set eval.episodes=0 to turn evaluation off)."""
+    episodes: int = Field(3, ge=0)
+    """Episodes per game and evaluation."""
+    epsilon: float = Field(0.05, ge=0, le=1)
+    num_envs: int = Field(8, gt=0)
+    max_episode_frames: int = Field(108_000, gt=0)
+    """Episode cap while evaluating (a greedy agent that never presses FIRE plays until the cap)."""
+
+
 class LoggingConfig(_Section):
     log_every: int = Field(1_000, gt=0)
     """Agent steps between scalar logs (losses, sps, epsilon)."""
@@ -161,6 +173,7 @@ class TrainConfig(_Section):
     replay: ReplayConfig = ReplayConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("device")

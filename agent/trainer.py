@@ -8,6 +8,7 @@ checkpoint -> new envs. This is the only module that imports `envs`.
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import math
 import random
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from agent.checkpoint import load_latest, save_checkpoint
 from agent.config import TrainConfig, resolve_device, validate_config
 from agent.consolidation import Consolidator
+from agent.evaluation import evaluate_games
 from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
@@ -34,7 +36,8 @@ from envs import NUM_ACTIONS, AtariSettings, make_vector_env
 EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED = 0, 2, 3, 4
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads",
-                     "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every")
+                     "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
+EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,9 +82,10 @@ class Trainer:
         self.visits = [game for _ in range(config.schedule.cycles) for game in config.schedule.games]
         self.settings = AtariSettings(config.env.sticky_action_prob, config.env.noop_max, config.env.fire_reset,
                                       config.env.max_episode_frames, config.env.frame_skip)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+            _drop_rows_after(self.run_dir / "eval.csv", self.progress.global_step)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         # purge_step drops events a killed run logged after its last checkpoint: no overlapping curves.
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.progress.global_step or None)
@@ -101,6 +105,8 @@ class Trainer:
         bar = tqdm(total=self.config.schedule.total_steps, initial=self.progress.global_step, unit="step", dynamic_ncols=True,
                    disable=not self.config.logging.progress_bar)
         try:
+            if self.progress.global_step == 0:
+                self._evaluate()  # the untrained network: the "before" scores of forward transfer
             while self.progress.visit < len(self.visits):
                 game = self.visits[self.progress.visit]
                 self._run_visit(game, bar)
@@ -161,6 +167,9 @@ class Trainer:
                     bar.set_postfix(self._window.postfix(), refresh=False)
                 if _crossed(step_now, env.num_envs, cfg.consolidation.probe_every):
                     self._log_retention(game)
+                if cfg.eval.every and _crossed(step_now, env.num_envs, cfg.eval.every) \
+                        and progress.step_in_visit < cfg.schedule.steps_per_visit:
+                    self._evaluate()
                 if cfg.checkpoint.every and _crossed(step_now, env.num_envs, cfg.checkpoint.every) \
                         and progress.step_in_visit < cfg.schedule.steps_per_visit:
                     self.save()
@@ -188,6 +197,7 @@ class Trainer:
     def _switch_from(self, game: str) -> None:
         """Consolidate the game being left, snapshot it for the probe, checkpoint."""
         cons, progress = self.config.consolidation, self.progress
+        self._evaluate()  # the score of every game at the end of this visit
         replay = self.replays[game]
         if len(replay) > 0:
             started = time.perf_counter()
@@ -251,6 +261,30 @@ class Trainer:
         for other, result in self.probe.measure(self.network, current_game=game).items():
             for name, value in result.items():
                 self.writer.add_scalar(f"retention/{other}/{name}", value, self.progress.global_step)
+
+    def _evaluate(self) -> None:
+        """Play every game of the schedule with its own envs and RNG; log and append to eval.csv."""
+        cfg, progress = self.config.eval, self.progress
+        if cfg.episodes == 0:
+            return
+        games = self.config.schedule.games
+        trained = self.visits[progress.visit] if progress.visit < len(self.visits) else ""
+        results = evaluate_games(self.network, games, cfg.episodes, cfg.epsilon,
+                                 seed=self.config.seed + 7919 * (progress.global_step + 1),
+                                 settings=dataclasses.replace(self.settings, max_episode_frames=cfg.max_episode_frames),
+                                 num_envs=cfg.num_envs)
+        path = self.run_dir / "eval.csv"
+        new_file = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new_file:
+                writer.writerow(EVAL_COLUMNS)
+            for game, row in results["games"].items():
+                self.writer.add_scalar(f"eval/{game}/return", row["mean"], progress.global_step)
+                writer.writerow([progress.global_step, progress.visit, trained, game, row["mean"], row["std"],
+                                 row["episodes"], "" if row["human_normalized"] is None else row["human_normalized"]])
+        if results["mean_human_normalized"] is not None:
+            self.writer.add_scalar("eval/mean_human_normalized", results["mean_human_normalized"], progress.global_step)
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -320,6 +354,20 @@ class _Window:
     def postfix(self) -> dict[str, str]:
         recent = f"{np.mean(self.returns):.1f}" if self.returns else "-"
         return {"sps": f"{self.sps:.0f}", "return": recent}
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Forget evaluations a killed run logged after the checkpoint it resumes from (they will be redone)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= step]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+        tmp.replace(path)
 
 
 def _crossed(step: int, advanced: int, every: int) -> bool:

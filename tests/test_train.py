@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["schedule.steps_per_visit=240", "env.num_envs=2", "dqn.learning_starts=64", "dqn.target_update_every=100",
         "replay.capacity_per_game=512", "consolidation.fisher_batches=2", "consolidation.probe_states=16",
-        "consolidation.probe_every=100", "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1"]
+        "consolidation.probe_every=100", "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1", "eval.episodes=0"]
 
 
 def scalars(run_dir):
@@ -35,8 +35,14 @@ def test_smoke_run_visits_both_games_and_logs_the_tags(tmp_path):
     run = tmp_path / "run"
     # Random play (epsilon stays high) ends Breakout episodes within ~200 steps per env.
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
-                       "schedule.steps_per_visit=800", "epsilon.decay_steps=100000"]) == 0
+                       "schedule.steps_per_visit=800", "epsilon.decay_steps=100000", "eval.episodes=1",
+                       "eval.num_envs=1", "eval.epsilon=1.0", "eval.max_episode_frames=1000"]) == 0
     tags = scalars(run)
+    for tag in ("eval/Breakout/return", "eval/Pong/return", "eval/mean_human_normalized"):
+        assert [step for step, _ in tags[tag]] == [0, 800, 1600], tag
+    rows = (run / "eval.csv").read_text().splitlines()
+    assert rows[0] == "step,visit,trained_game,game,mean_return,std_return,episodes,human_normalized"
+    assert len(rows) == 1 + 3 * 2
     for tag in ("charts/sps", "charts/epsilon", "charts/game_index", "losses/td_loss", "losses/q_values",
                 "losses/ewc_penalty", "ewc/num_anchors", "charts/Breakout/episodic_return",
                 "charts/Breakout/episodic_length", "retention/Breakout/agreement", "retention/Breakout/q_drift",

@@ -1,0 +1,49 @@
+"""The evaluation script on a checkpoint of a real (tiny) run: JSON shape, episode count, errors."""
+
+import json
+
+import pytest
+
+from agent.cli import evaluate_main, train_main
+from test_train import SMOKE, TINY
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
+                       "schedule.steps_per_visit=16"]) == 0
+    return run
+
+
+def test_json_shape_and_episode_count(run_dir, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    args = ["--checkpoint", str(run_dir), "--games", "Breakout", "--episodes", "3", "--epsilon", "1.0",
+            "--num-envs", "2", "--output", str(out), "--seed", "5"]
+    assert evaluate_main(args) == 0
+    table = capsys.readouterr().out
+    assert "| Breakout |" in table and "mean human-normalised score" in table
+    result = json.loads(out.read_text())
+    row = result["games"]["Breakout"]
+    assert row["episodes"] == 3
+    assert set(row) >= {"mean", "std", "median", "min", "max", "episodes", "human_normalized"}
+    assert row["human_normalized"] == pytest.approx((row["mean"] - 1.7) / (30.5 - 1.7))
+    assert result["mean_human_normalized"] == pytest.approx(row["human_normalized"])
+    assert result["step"] == 32 and result["seed"] == 5 and result["epsilon"] == 1.0 and result["config_hash"]
+    assert out.with_suffix(".csv").read_text().startswith("game,mean,std")
+    # Reproducible: the same checkpoint, seed and settings give the same numbers.
+    again = tmp_path / "again.json"
+    assert evaluate_main(args[:-4] + ["--output", str(again), "--seed", "5"]) == 0
+    assert json.loads(again.read_text())["games"] == result["games"]
+
+
+def test_errors_are_clear(run_dir, tmp_path, capsys):
+    assert evaluate_main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    corrupt = tmp_path / "step-000000000001.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert evaluate_main(["--checkpoint", str(corrupt)]) == 2
+    assert "no completion sentinel" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(run_dir), "--games", "Pongg"]) == 2
+    assert "Unknown Atari game 'Pongg'" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(run_dir), "--episodes", "0"]) == 2
