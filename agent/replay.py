@@ -50,6 +50,7 @@ class FrameReplay:
         # valid[e, t]: a transition starting at slot t can be sampled.
         self.valid = np.zeros((num_envs, slots), dtype=bool)
         self.cursor = np.zeros(num_envs, dtype=np.int64)
+        self.written = np.zeros(num_envs, dtype=np.int64)  # slots ever written, per env
         # open[e]: env e is inside an episode whose last written slot is a STEP.
         self.open = np.zeros(num_envs, dtype=bool)
 
@@ -100,6 +101,7 @@ class FrameReplay:
             previous = (slot - 1) % self.slots
             self.valid[envs, previous] = self.open[envs] & (self.kinds[envs, previous] == STEP)
         self.cursor[envs] = (slot + 1) % self.slots
+        self.written[envs] += 1
 
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
         candidates = np.flatnonzero(self.valid)
@@ -133,14 +135,27 @@ class FrameReplay:
         """(n, stack, H, W) uint8 observations of stored transitions, e.g. for a Fisher estimate."""
         return self.windows(self.sample_indices(n, rng))[:, :-1]
 
+    _PER_SLOT = ("frames", "actions", "rewards", "dones", "kinds", "valid")
+    _PER_ENV = ("cursor", "written", "open")
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        names = ("frames", "actions", "rewards", "dones", "kinds", "valid", "cursor", "open")
-        return {name: torch.from_numpy(getattr(self, name)) for name in names}
+        """Only the slots written so far: a checkpoint grows with the data, not with the capacity."""
+        used = int(min(self.slots, self.written.max()))
+        state = {name: torch.from_numpy(getattr(self, name)[:, :used]) for name in self._PER_SLOT}
+        state.update({name: torch.from_numpy(getattr(self, name)) for name in self._PER_ENV})
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, tensor in state.items():
-            current = getattr(self, name)
-            if tuple(tensor.shape) != current.shape:
-                raise ValueError(f"Replay {name} has shape {tuple(tensor.shape)}, expected {current.shape}: "
-                                 "the replay capacity or env count differs from the checkpoint's.")
-            current[...] = tensor.numpy()
+        used = state["frames"].shape[1]
+        if state["cursor"].shape != self.cursor.shape or used > self.slots \
+                or tuple(state["frames"].shape[2:]) != self.frames.shape[2:]:
+            raise ValueError(f"The checkpoint's replay ({state['cursor'].shape[0]} envs, {used} slots written) does "
+                             f"not fit this buffer ({self.num_envs} envs x {self.slots} slots): "
+                             "the replay capacity or env count differs from the checkpoint's.")
+        if used < self.slots and int(state["written"].max()) > used:
+            raise ValueError("The checkpoint's replay has wrapped around a smaller capacity: "
+                             "the replay capacity differs from the checkpoint's.")
+        for name in self._PER_SLOT:
+            getattr(self, name)[:, :used] = state[name].numpy()
+        for name in self._PER_ENV:
+            getattr(self, name)[...] = state[name].numpy()

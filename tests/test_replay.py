@@ -121,5 +121,10 @@ def test_state_dict_round_trip():
     a, b = np.random.default_rng(9), np.random.default_rng(9)
     first, second = replay.sample(16, a), restored.sample(16, b)
     assert torch.equal(first.obs, second.obs) and torch.equal(first.next_obs, second.next_obs)
+    assert replay.state_dict()["frames"].shape[1] < replay.slots  # only the written slots are saved
     with pytest.raises(ValueError, match="capacity or env count"):
-        FrameReplay(capacity=512, num_envs=2).load_state_dict(replay.state_dict())
+        FrameReplay(capacity=512, num_envs=4).load_state_dict(replay.state_dict())
+    full = FrameReplay(capacity=64, num_envs=2)
+    fill(full, FakeVectorEnv(2, rng), 100, rng)  # wrapped
+    with pytest.raises(ValueError, match="capacity"):
+        FrameReplay(capacity=128, num_envs=2).load_state_dict(full.state_dict())
