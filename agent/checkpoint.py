@@ -77,7 +77,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
         if path.exists() and not path.with_suffix(".done").exists():
             path.unlink()
         raise CheckpointError(f"Could not write checkpoint {path}: {exc}. The previous checkpoints are intact; "
-                              "free disk space or set checkpoint.keep_replay=false to make checkpoints smaller.") from exc
+                              "free disk space, or set checkpoint.replay=false for smaller checkpoints.") from exc
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".done").unlink(missing_ok=True)

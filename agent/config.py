@@ -192,7 +192,7 @@ class TrainConfig(_Section):
         return device
 
     @model_validator(mode="after")
-    def _replay_fits_batch(self) -> "TrainConfig":
+    def _replay_fits_batch(self) -> TrainConfig:
         if self.dqn.batch_size > self.replay.capacity_per_game:
             raise ValueError(
                 f"dqn.batch_size ({self.dqn.batch_size}) exceeds replay.capacity_per_game "

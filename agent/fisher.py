@@ -20,7 +20,7 @@ per-sample sum over positions of g x_unfolded^T. Supported parameterised layers:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

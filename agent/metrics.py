@@ -35,7 +35,7 @@ class EvalLog:
     game_order: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: Path, name: str | None = None) -> "EvalLog":
+    def read(cls, path: Path, name: str | None = None) -> EvalLog:
         if not path.is_file():
             raise MetricsError(f"{path} does not exist: evaluations are written during training "
                                "(eval.episodes > 0), at the start and at every game switch.")

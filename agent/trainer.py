@@ -26,8 +26,8 @@ from tqdm import tqdm
 from agent.checkpoint import load_latest, save_checkpoint
 from agent.config import TrainConfig, resolve_device, validate_config
 from agent.consolidation import Consolidator
-from agent.evaluation import evaluate_games
 from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss
+from agent.evaluation import evaluate_games
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
@@ -92,7 +92,7 @@ class Trainer:
         if self.progress.global_step == 0:
             self.writer.add_text("hyperparameters", _markdown_table(config.to_dict()), 0)
         self._stop_signal: int | None = None
-        self._window = _Window()
+        self._window = _Window(self.progress.global_step)
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> int:
@@ -102,8 +102,8 @@ class Trainer:
                   "raise schedule.cycles to continue it.", file=sys.stderr)
             return EXIT_DONE
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=self.config.schedule.total_steps, initial=self.progress.global_step, unit="step", dynamic_ncols=True,
-                   disable=not self.config.logging.progress_bar)
+        bar = tqdm(total=self.config.schedule.total_steps, initial=self.progress.global_step, unit="step",
+                   dynamic_ncols=True, disable=not self.config.logging.progress_bar)
         try:
             if self.progress.global_step == 0:
                 self._evaluate()  # the untrained network: the "before" scores of forward transfer
@@ -113,13 +113,15 @@ class Trainer:
                 if self._stop_signal is not None:
                     self.save()
                     bar.write(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step}; "
-                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}", file=sys.stderr)
+                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}",
+                              file=sys.stderr)
                     return EXIT_INTERRUPTED
                 self._switch_from(game)
             return EXIT_DONE
         except TrainingDiverged as exc:
             bar.write(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
-                      "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.", file=sys.stderr)
+                      "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.",
+                      file=sys.stderr)
             return EXIT_DIVERGED
         finally:
             bar.close()
@@ -132,7 +134,9 @@ class Trainer:
         env = make_vector_env(game, cfg.env.num_envs, self.settings, cfg.env.backend, cfg.env.num_threads)
         replay = self._replay(game)
         replay.close_episodes()  # new envs: no episode continues from the buffer's last one
-        seed = int(np.random.SeedSequence([cfg.seed, progress.visit, progress.step_in_visit]).generate_state(1)[0] % 2**31)
+        # A resumed visit gets fresh episodes from its own seed (ale-py cannot restore emulator state).
+        seed_sequence = np.random.SeedSequence([cfg.seed, progress.visit, progress.step_in_visit])
+        seed = int(seed_sequence.generate_state(1)[0] % 2**31)
         obs = env.reset(seed=seed)
         lives = np.zeros(env.num_envs, dtype=np.int64)
         returns = np.zeros(env.num_envs)
@@ -216,7 +220,8 @@ class Trainer:
                 self.writer.add_scalar(f"ewc/{game}/fisher_{name}", value, progress.global_step)
             self.writer.add_scalar("ewc/consolidation_seconds", time.perf_counter() - started, progress.global_step)
             if cons.probe_states:
-                self.probe.snapshot(game, self.network, torch.from_numpy(replay.sample_states(cons.probe_states, self.rng)))
+                states = torch.from_numpy(replay.sample_states(cons.probe_states, self.rng))
+                self.probe.snapshot(game, self.network, states)
         self.writer.add_scalar("ewc/num_anchors", len(self.consolidator.anchors), progress.global_step)
         progress.visit += 1
         progress.step_in_visit = 0
@@ -325,15 +330,15 @@ class Trainer:
 class _Window:
     """Running sums between two logs; device tensors are read once per log, not per update."""
 
-    def __init__(self):
+    def __init__(self, step: int):
         self.returns: collections.deque[float] = collections.deque(maxlen=20)
-        self._reset(time.perf_counter(), 0)
+        self.sps = 0.0
+        self._start(time.perf_counter(), step)
 
-    def _reset(self, now: float, step: int) -> None:
+    def _start(self, now: float, step: int) -> None:
         self.sums: list[torch.Tensor] | None = None
         self.count = 0
         self.time, self.step = now, step
-        self.sps = 0.0
 
     def add_update(self, td_loss: torch.Tensor, q_mean: torch.Tensor, penalty: torch.Tensor) -> None:
         values = [td_loss, q_mean, penalty]
@@ -342,13 +347,12 @@ class _Window:
 
     def flush(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
-        stats: dict[str, float] = {"sps": (step - self.step) / max(now - self.time, 1e-9)}
+        self.sps = (step - self.step) / max(now - self.time, 1e-9)
+        stats = {"sps": self.sps}
         if self.sums is not None:
             td_loss, q_values, penalty = (float(s) / self.count for s in self.sums)
             stats.update(td_loss=td_loss, q_values=q_values, penalty=penalty)
-        sps = stats["sps"]
-        self._reset(now, step)
-        self.sps = sps
+        self._start(now, step)
         return stats
 
     def postfix(self) -> dict[str, str]:

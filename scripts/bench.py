@@ -236,7 +236,7 @@ def main() -> None:
         rows += BENCHES[name](args)
     print(f"\nMachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"device cpu")
-    print(f"| measurement | this project | value | baseline | value | ratio |\n|---|---|---:|---|---:|---:|")
+    print("| measurement | this project | value | baseline | value | ratio |\n|---|---|---:|---|---:|---:|")
     for what, ours_name, ours, base_name, base in rows:
         print(f"| {what} | {ours_name} | {ours:,.1f} | {base_name} | {base:,.1f} | {ours / base:.2f}x |")
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from test_train import SMOKE, TINY
 
 from agent.cli import evaluate_main, train_main
-from test_train import SMOKE, TINY
 
 
 @pytest.fixture(scope="module")

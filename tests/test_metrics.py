@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from scripts_helper import report_main
 
 from agent.metrics import EvalLog, MetricsError, compute_metrics, max_abs_returns
-from scripts_helper import report_main
 
 ROWS = """step,visit,trained_game,game,mean_return,std_return,episodes,human_normalized
 0,0,A,A,0,0,3,

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["schedule.steps_per_visit=240", "env.num_envs=2", "dqn.learning_starts=64", "dqn.target_update_every=100",
         "replay.capacity_per_game=512", "consolidation.fisher_batches=2", "consolidation.probe_states=16",
-        "consolidation.probe_every=100", "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1", "eval.episodes=0"]
+        "consolidation.probe_every=100", "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1",
+        "eval.episodes=0"]
 
 
 def scalars(run_dir):
