@@ -17,7 +17,7 @@ def train_main(argv: list[str] | None = None) -> int:
         description="Train one DQN agent through a schedule of Atari games, with optional EWC.",
         epilog="Overrides are dotted keys, e.g. schedule.steps_per_visit=5000 consolidation.method=ewc. "
                "Exit codes: 0 finished, 2 bad input, 3 stopped by SIGTERM/SIGINT (checkpoint written), "
-               "4 non-finite loss (last good checkpoint kept).")
+               "4 non-finite loss (last good checkpoint kept), 5 a checkpoint could not be written (disk full?).")
     parser.add_argument("--config", type=Path, help="YAML config (see configs/)")
     parser.add_argument("--run-dir", type=Path, help="where checkpoints, TensorBoard events and config go "
                         "(default: runs/<config name>-<time>)")

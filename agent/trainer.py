@@ -23,7 +23,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agent.checkpoint import load_latest, save_checkpoint
+from agent.checkpoint import CheckpointError, load_latest, save_checkpoint
 from agent.config import TrainConfig, resolve_device, validate_config
 from agent.consolidation import Consolidator
 from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss
@@ -33,7 +33,7 @@ from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
 from envs import NUM_ACTIONS, AtariSettings, make_vector_env
 
-EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED = 0, 2, 3, 4
+EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 2, 3, 4, 5
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads",
                      "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
@@ -123,6 +123,10 @@ class Trainer:
                       "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.",
                       file=sys.stderr)
             return EXIT_DIVERGED
+        except CheckpointError as exc:
+            bar.write(f"{exc}\nStopped at step {self.progress.global_step}. Resume with: scripts/train.py --resume "
+                      f"{self.run_dir}", file=sys.stderr)
+            return EXIT_CHECKPOINT_FAILED
         finally:
             bar.close()
             self.writer.close()

@@ -163,3 +163,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     path, state = load_latest(run / "checkpoints")
     assert state["progress"]["global_step"] == 80
     assert all(torch.equal(good[k], state["learner"]["online"][k]) for k in good)
+
+
+def test_a_full_disk_during_training_stops_cleanly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import agent.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=40"]
+    assert train_main(args) == 0
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+
+    def full_disk(obj, writer):
+        writer.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    assert train_main(["--resume", str(run), "schedule.cycles=2"]) == 5
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
