@@ -22,10 +22,27 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="where checkpoints, TensorBoard events and config go "
                         "(default: runs/<config name>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
     from agent.trainer import EXIT_BAD_INPUT, Trainer, resume
+
+    if args.keys:
+        print(describe_keys())
+        return 0
+    if args.print_config:
+        import yaml
+
+        try:
+            config = load_config(args.config or (args.resume / "config.yaml" if args.resume else None),
+                                 args.overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
 
     try:
         if args.resume is not None:
@@ -146,3 +163,26 @@ def write_csv(results: dict, path: Path) -> None:
         for game, row in results["games"].items():
             writer.writerow([game, *(row[c] for c in COLUMNS), results["checkpoint"], results["step"],
                              results["seed"], results["epsilon"]])
+
+
+def describe_keys() -> str:
+    """One line per config key: dotted name, default, meaning (from the schema's docstrings)."""
+    from pydantic import BaseModel
+
+    from agent.config import TrainConfig
+
+    lines = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = prefix + (field.alias or name)
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, key + ".")
+                continue
+            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            lines.append(f"{key} = {default}" + (f"  # {' '.join(field.description.split())}"
+                                                 if field.description else ""))
+
+    walk(TrainConfig, "")
+    return "\n".join(lines)

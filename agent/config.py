@@ -30,7 +30,7 @@ class EnvConfig(_Section):
     num_envs: int = Field(8, gt=0)
     """Environments stepped together; one agent step is one env step."""
     num_threads: int = Field(0, ge=0)
-    """Emulator threads for ale_vector (0: one per env, capped by the CPU count)."""
+    """Emulator threads for ale_vector (0: ale-py chooses)."""
     sticky_action_prob: float = Field(0.25, ge=0.0, le=1.0)
     """Probability of repeating the previous action (Machado et al.: 0.25)."""
     noop_max: int = Field(30, ge=0)
