@@ -44,6 +44,14 @@ class EnvConfig(_Section):
     life_loss_terminal: bool = False
     """Treat a lost life as terminal for the learner only (the episode goes on)."""
 
+    @field_validator("backend")
+    @classmethod
+    def _backend_installed(cls, backend: str) -> str:
+        from envs.atari import check_backend
+
+        check_backend(backend)
+        return backend
+
 
 class ScheduleConfig(_Section):
     games: list[str] = Field(min_length=1)

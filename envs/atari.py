@@ -92,12 +92,11 @@ class VectorAtari:
         self.game, self.rom = resolve_game(game)
         self.num_envs = num_envs
         self.backend = backend
+        check_backend(backend)
         if backend == "ale_vector":
             self._env = _make_ale_vector(self.rom, num_envs, settings, num_threads)
-        elif backend == "gymnasium":
-            self._env = _make_gymnasium_vector(self.game, num_envs, settings)
         else:
-            raise ValueError(f"Unknown env backend {backend!r}: use 'ale_vector' or 'gymnasium'.")
+            self._env = _make_gymnasium_vector(self.game, num_envs, settings)
         self._episode_over = np.zeros(num_envs, dtype=bool)
 
     def reset(self, seed: int) -> np.ndarray:
@@ -150,6 +149,19 @@ def _make_ale_vector(rom: str, num_envs: int, settings: AtariSettings, num_threa
         img_height=FRAME_SIZE,
         img_width=FRAME_SIZE,
     )
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError, saying what to install, when `backend` cannot run here."""
+    if backend == "ale_vector":
+        return
+    if backend != "gymnasium":
+        raise ValueError(f"Unknown env backend {backend!r}: use 'ale_vector' or 'gymnasium'.")
+    try:
+        import cv2  # noqa: F401  (gymnasium's AtariPreprocessing resizes frames with OpenCV)
+    except ImportError:
+        raise ValueError("env.backend=gymnasium needs OpenCV: pip install -e '.[gymnasium]' "
+                         "(or use env.backend=ale_vector, the default).") from None
 
 
 def _make_gymnasium_vector(game: str, num_envs: int, settings: AtariSettings):
