@@ -102,31 +102,46 @@ def bench_end_to_end(args) -> list[tuple]:
     steps = 3000 if args.quick else 12000
     starts = 1000 if args.quick else 2000
     base = load_config(ROOT / "configs" / "smoke.yaml", [
-        f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", "env.num_envs=8",
-        f"dqn.learning_starts={starts}", "dqn.train_every=4", "replay.capacity_per_game=100000",
-        "consolidation.method=none", "consolidation.probe_states=0", "checkpoint.every=0",
-        "logging.progress_bar=false", "logging.log_every=1000", "device=cpu"])
+        f"schedule.games=[{GAME}]", "env.num_envs=8", f"dqn.learning_starts={starts}", "dqn.train_every=4",
+        "replay.capacity_per_game=100000", "consolidation.method=none", "consolidation.probe_states=0",
+        "checkpoint.every=0", "eval.episodes=0", "logging.progress_bar=false", "logging.log_every=1000",
+        "device=cpu"])
 
-    def ours(num_envs: int, precision: str = "fp32") -> float:
+    def ours(num_envs: int, precision: str, total: int) -> float:
+        """Seconds for `total` agent steps."""
         config = base.model_copy(deep=True)
         config.env.num_envs = num_envs
         config.dqn.precision = precision
+        config.schedule.steps_per_visit = total
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(config, Path(tmp))
             start = time.perf_counter()
             trainer.train()
-            return steps / (time.perf_counter() - start)
+            return time.perf_counter() - start
 
-    what = f"end-to-end agent steps/s, {steps} steps, updates from {starts}, 1 update / 4 steps"
-    ours8 = ours(8)
-    sb3 = _sb3_rate(steps, starts)
-    baseline = ("Stable-Baselines3 DQN, 1 env", sb3) if sb3 is not None else ("this project, 8 envs, fp32", ours8)
-    return [(what, "8 envs, fp32", ours8, *baseline),
-            (what, "8 envs, bf16", ours(8, "bf16"), *baseline),
-            (what, "1 env, fp32", ours(1), *baseline)]
+    def rates(run) -> tuple[float, float]:
+        """(whole run, steady state after learning starts) agent steps per second."""
+        whole, warm_up = run(steps), run(starts)
+        return steps / whole, (steps - starts) / max(whole - warm_up, 1e-9)
+
+    measured = {
+        "8 envs, fp32": rates(lambda n: ours(8, "fp32", n)),
+        "8 envs, bf16": rates(lambda n: ours(8, "bf16", n)),
+        "1 env, fp32": rates(lambda n: ours(1, "fp32", n)),
+    }
+    if _sb3_seconds(10, 5) is not None:
+        baseline_name, baseline = "Stable-Baselines3 DQN, 1 env", rates(lambda n: _sb3_seconds(n, starts))
+    else:
+        baseline_name, baseline = "this project, 1 env, fp32", measured["1 env, fp32"]
+    rows = []
+    for column, label in ((0, f"{steps} steps incl. {starts} warm-up"), (1, "steady state, after learning starts")):
+        for name, values in measured.items():
+            rows.append((f"end-to-end agent steps/s, 1 update / 4 steps, {label}", name, values[column],
+                         baseline_name, baseline[column]))
+    return rows
 
 
-def _sb3_rate(steps: int, starts: int) -> float | None:
+def _sb3_seconds(steps: int, starts: int) -> float | None:
     try:
         import ale_py
         import gymnasium as gym
@@ -148,9 +163,9 @@ def _sb3_rate(steps: int, starts: int) -> float | None:
                 replay_buffer_kwargs={"handle_timeout_termination": False})
     start = time.perf_counter()
     model.learn(steps)
-    rate = steps / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
     env.close()
-    return rate
+    return seconds
 
 
 def bench_replay(args) -> list[tuple]:
