@@ -120,13 +120,13 @@ class ReplayConfig(_Section):
 class ConsolidationConfig(_Section):
     method: Literal["none", "l2", "ewc", "online_ewc"] = "none"
     """none: fine-tuning; l2: uniform importance; ewc: one Fisher anchor per game; online_ewc: one running anchor."""
-    lambda_: float = Field(400.0, ge=0, alias="lambda")
-    """Penalty strength (the paper's Fisher multiplier)."""
+    lambda_: float = Field(100.0, ge=0, alias="lambda")
+    """Penalty strength; with normalize=mean it is the mean stiffness per weight (see README: chosen by experiment)."""
     fisher_estimator: Literal["expected", "sampled", "empirical"] = "expected"
     fisher_batches: int = Field(100, gt=0)
     fisher_batch_size: int = Field(32, gt=0)
-    normalize: Literal["none", "mean", "max"] = "none"
-    """Divide each new Fisher by its mean or max before it is stored."""
+    normalize: Literal["none", "mean", "max"] = "mean"
+    """Divide each new Fisher by its mean (default) or max before it is stored; none keeps the raw scale."""
     online_gamma: float = Field(1.0, ge=0, le=1)
     """online_ewc: decay of the running Fisher (F <- gamma F + F_new)."""
     min_steps_to_protect: int = Field(0, ge=0)

@@ -57,7 +57,7 @@ def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     final = checkpoints[-1]
     config = validate_config(final["config"])
     env = config.env
-    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset, env.max_episode_frames,
+    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset, config.eval.max_episode_frames,
                              env.frame_skip)
     visits = [g for _ in range(config.schedule.cycles) for g in config.schedule.games]
     result = {"games": {}}
