@@ -14,6 +14,7 @@ Knows nothing about the agent: numpy in, numpy or torch out.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,11 @@ class Batch:
     rewards: torch.Tensor  # (B,) float32, raw
     dones: torch.Tensor  # (B,) float32: 1 where the target must not bootstrap
     next_obs: torch.Tensor  # (B, 4, 84, 84) uint8
+
+    def chunks(self, size: int):
+        """Consecutive sub-batches of at most `size` transitions."""
+        for start in range(0, len(self.actions), size):
+            yield Batch(*(getattr(self, f.name)[start:start + size] for f in dataclasses.fields(self)))
 
 
 class FrameReplay:

@@ -212,7 +212,7 @@ class Trainer:
             states, td_losses = None, None
             if self.consolidator.needs_states:
                 batch = replay.sample(cons.fisher_batches * cons.fisher_batch_size, self.rng, self.device)
-                targets = torch.cat([self.learner.targets(chunk) for chunk in _chunks(batch, 256)])
+                targets = torch.cat([self.learner.targets(chunk) for chunk in batch.chunks(256)])
                 states = batch.obs
 
                 def td_losses(outputs, rows):
@@ -381,12 +381,6 @@ def _drop_rows_after(path: Path, step: int) -> None:
 def _crossed(step: int, advanced: int, every: int) -> bool:
     """True when `step` passed a multiple of `every` within the last `advanced` steps."""
     return step // every != (step - advanced) // every
-
-
-def _chunks(batch, size: int):
-    for start in range(0, len(batch.actions), size):
-        yield dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[start:start + size]
-                                            for f in dataclasses.fields(batch)})
 
 
 def _numpy_state(rng: np.random.Generator) -> dict:
