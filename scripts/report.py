@@ -30,7 +30,8 @@ def plot_curves(logs: list[EvalLog], scale: dict[str, float], path: Path) -> Non
 
     games = list(dict.fromkeys(g for log in logs for g in log.game_order))
     fig, axes = plt.subplots(len(games), 1, figsize=(9, 2.6 * len(games)), sharex=True, squeeze=False)
-    palette = plt.get_cmap("tab10")
+    palette = plt.get_cmap("tab10")  # games (shading)
+    runs_palette = plt.get_cmap("Dark2")  # runs (lines)
     shade = {game: palette(i) for i, game in enumerate(games)}
     reference = logs[0]
     for row, game in enumerate(games):
@@ -43,7 +44,7 @@ def plot_curves(logs: list[EvalLog], scale: dict[str, float], path: Path) -> Non
             mask = np.array(log.games) == game
             order = np.argsort(log.steps[mask])
             ax.plot(log.steps[mask][order], log.returns[mask][order] / (scale.get(game) or 1.0),
-                    marker="o", ms=3, color=palette(index) if len(logs) > 1 else "black", label=log.name)
+                    marker="o", ms=3, color=runs_palette(index) if len(logs) > 1 else "black", label=log.name)
         ax.set_ylabel(f"{game}\nnormalised return")
         ax.grid(alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=shade[g], alpha=0.25) for g in games]
