@@ -93,7 +93,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from agent.config import resolve_device, validate_config
     from agent.evaluation import evaluate_games
     from agent.networks import QNetwork
-    from envs import NUM_ACTIONS, AtariSettings, resolve_game
+    from envs import NUM_ACTIONS, resolve_game
 
     try:
         if args.episodes <= 0:
@@ -119,9 +119,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     network = QNetwork(NUM_ACTIONS, config.network.architecture).to(device)
     network.load_state_dict(state["learner"]["online"])
     network.eval()
-    env = config.env
-    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset,
-                             args.max_episode_frames or env.max_episode_frames, env.frame_skip)
+    settings = config.env.atari_settings(args.max_episode_frames)
     with tqdm(total=args.episodes * len(games), unit="episode", file=sys.stderr) as bar:
         results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings, args.num_envs,
                                  progress=bar)

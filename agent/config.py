@@ -44,6 +44,13 @@ class EnvConfig(_Section):
     life_loss_terminal: bool = False
     """Treat a lost life as terminal for the learner only (the episode goes on)."""
 
+    def atari_settings(self, max_episode_frames: int | None = None):
+        """The protocol settings for `envs.make_vector_env` (optionally with another episode cap)."""
+        from envs.atari import AtariSettings
+
+        return AtariSettings(self.sticky_action_prob, self.noop_max, self.fire_reset,
+                             max_episode_frames or self.max_episode_frames, self.frame_skip)
+
     @field_validator("backend")
     @classmethod
     def _backend_installed(cls, backend: str) -> str:

@@ -31,7 +31,7 @@ from agent.evaluation import evaluate_games
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
-from envs import NUM_ACTIONS, AtariSettings, make_vector_env
+from envs import NUM_ACTIONS, make_vector_env
 
 EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 2, 3, 4, 5
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
@@ -80,8 +80,7 @@ class Trainer:
         self.replays: dict[str, FrameReplay] = {}
         self.progress = Progress()
         self.visits = [game for _ in range(config.schedule.cycles) for game in config.schedule.games]
-        self.settings = AtariSettings(config.env.sticky_action_prob, config.env.noop_max, config.env.fire_reset,
-                                      config.env.max_episode_frames, config.env.frame_skip)
+        self.settings = config.env.atari_settings()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
@@ -280,7 +279,7 @@ class Trainer:
         trained = self.visits[progress.visit] if progress.visit < len(self.visits) else ""
         results = evaluate_games(self.network, games, cfg.episodes, cfg.epsilon,
                                  seed=self.config.seed + 7919 * (progress.global_step + 1),
-                                 settings=dataclasses.replace(self.settings, max_episode_frames=cfg.max_episode_frames),
+                                 settings=self.config.env.atari_settings(cfg.max_episode_frames),
                                  num_envs=cfg.num_envs)
         path = self.run_dir / "eval.csv"
         new_file = not path.exists()

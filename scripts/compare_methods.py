@@ -26,7 +26,7 @@ from agent.config import load_config, validate_config  # noqa: E402
 from agent.evaluation import evaluate_games  # noqa: E402
 from agent.networks import QNetwork  # noqa: E402
 from agent.probe import RetentionProbe  # noqa: E402
-from envs import NUM_ACTIONS, AtariSettings  # noqa: E402
+from envs import NUM_ACTIONS  # noqa: E402
 
 
 def train(config_path: Path, method: str, run_dir: Path, overrides: list[str]) -> None:
@@ -56,9 +56,7 @@ def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     checkpoints = [load_checkpoint(p) for p in list_checkpoints(run_dir / "checkpoints")]
     final = checkpoints[-1]
     config = validate_config(final["config"])
-    env = config.env
-    settings = AtariSettings(env.sticky_action_prob, env.noop_max, env.fire_reset, config.eval.max_episode_frames,
-                             env.frame_skip)
+    settings = config.env.atari_settings(config.eval.max_episode_frames)
     visits = [g for _ in range(config.schedule.cycles) for g in config.schedule.games]
     result = {"games": {}}
     end_scores = evaluate_games(network_from(final), config.schedule.games, episodes, epsilon, config.seed,
