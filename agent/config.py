@@ -127,7 +127,7 @@ class ReplayConfig(_Section):
 class ConsolidationConfig(_Section):
     method: Literal["none", "l2", "ewc", "online_ewc"] = "none"
     """none: fine-tuning; l2: uniform importance; ewc: one Fisher anchor per game; online_ewc: one running anchor."""
-    lambda_: float = Field(100.0, ge=0, alias="lambda")
+    lambda_: float = Field(10.0, ge=0, alias="lambda")
     """Penalty strength; with normalize=mean it is the mean stiffness per weight (see README: chosen by experiment)."""
     fisher_estimator: Literal["expected", "sampled", "empirical"] = "expected"
     fisher_batches: int = Field(100, gt=0)

@@ -60,7 +60,7 @@ def test_keys_listing_and_print_config(capsys):
     from agent.cli import describe_keys, train_main
 
     listing = describe_keys()
-    assert "consolidation.lambda = 100.0  # Penalty strength" in listing
+    assert "consolidation.lambda = 10.0  # Penalty strength" in listing
     assert "schedule.games = (required)" in listing
     assert train_main(["--config", str(CONFIGS / "smoke.yaml"), "--print-config", "schedule.cycles=3"]) == 0
     assert "cycles: 3" in capsys.readouterr().out
