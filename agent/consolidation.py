@@ -127,13 +127,13 @@ class Consolidator:
         return self._combined[1], self._combined[2], self._combined[3]
 
     def state_dict(self) -> dict:
-        return {"method": self.method, "anchors": self.anchors, "order": list(self.anchors)}
+        return {"method": self.method, "anchors": self.anchors}  # dicts keep their order: oldest anchor first
 
     def load_state_dict(self, state: dict) -> None:
         if state["method"] != self.method:
             raise ValueError(f"The checkpoint's consolidation method is {state['method']!r}, "
                              f"not {self.method!r}.")
-        self.anchors = {key: state["anchors"][key] for key in state["order"]}
+        self.anchors = dict(state["anchors"])
         self._combined = None
 
 

@@ -2,7 +2,8 @@
 
 act -> step -> store -> (every `train_every` steps) sample -> loss -> update,
 and at each game switch: consolidate -> snapshot for the retention probe ->
-checkpoint -> new envs. This is the only module that imports `envs`.
+checkpoint -> new envs. The one place where the environments meet the learner
+(evaluation plays episodes on its own, in agent/evaluation.py).
 """
 
 from __future__ import annotations
@@ -225,7 +226,6 @@ class Trainer:
             if cons.probe_states:
                 states = torch.from_numpy(replay.sample_states(cons.probe_states, self.rng))
                 self.probe.snapshot(game, self.network, states)
-        self.writer.add_scalar("ewc/num_anchors", len(self.consolidator.anchors), progress.global_step)
         progress.visit += 1
         progress.step_in_visit = 0
         self.save()
