@@ -51,8 +51,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
-    """Write `state` as step-<step>.pt atomically; keep the newest `keep` checkpoints."""
+def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None) -> Path:
+    """Write `state` as step-<step>.pt atomically; keep the newest `keep` checkpoints (None: all)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:012d}.pt"
     tmp = path.with_suffix(".pt.tmp")
@@ -78,7 +78,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
             path.unlink()
         raise CheckpointError(f"Could not write checkpoint {path}: {exc}. The previous checkpoints are intact; "
                               "free disk space, or set checkpoint.replay=false for smaller checkpoints.") from exc
-    for old in list_checkpoints(directory)[:-keep]:
+    for old in list_checkpoints(directory)[:-keep] if keep else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".done").unlink(missing_ok=True)
     return path

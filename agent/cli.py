@@ -121,8 +121,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     network.eval()
     settings = config.env.atari_settings(args.max_episode_frames)
     with tqdm(total=args.episodes * len(games), unit="episode", file=sys.stderr) as bar:
+        def on_episode(game: str, finished: int) -> None:
+            bar.set_description(game)
+            bar.update(finished and 1)
+
         results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings, args.num_envs,
-                                 progress=bar)
+                                 on_episode=on_episode)
     results.update(checkpoint=str(path), step=state["progress"]["global_step"], config_hash=config.digest(),
                    seed=args.seed, epsilon=args.epsilon, episodes=args.episodes)
     print(format_table(results))

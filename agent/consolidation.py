@@ -21,6 +21,8 @@ mu = sum_k F_k a_k / A and c = sum_k F_k (a_k - mu)^2 (computed in float64).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -61,8 +63,11 @@ class Consolidator:
 
     def consolidate(self, game: str, model: nn.Module, states: torch.Tensor | None = None,
                     steps_trained: int | None = None, per_sample_loss: PerSampleLoss | None = None,
-                    generator: torch.Generator | None = None) -> dict[str, float]:
-        """Store or refresh the anchor of `game`, which is being left. Returns Fisher statistics."""
+                    generator: torch.Generator | None = None,
+                    poll: Callable[[], None] | None = None) -> dict[str, float]:
+        """Store or refresh the anchor of `game`, which is being left. Returns Fisher statistics.
+
+        `poll` is passed to the Fisher estimate: if it raises, no anchor changes."""
         if self.method == "none":
             return {}
         if steps_trained is not None and steps_trained < self.min_steps_to_protect:
@@ -74,7 +79,7 @@ class Consolidator:
             if states is None:
                 raise ValueError(f"{self.method} needs replayed states of {game!r} to estimate the Fisher.")
             importance = estimate_fisher(model, states, self.estimator, per_sample_loss,
-                                         self.fisher_batch_size, generator)
+                                         self.fisher_batch_size, generator, poll)
             importance = self._normalized(importance)
         stats = fisher_statistics(importance) if self.method != "l2" else {}
         if self.method == "online_ewc":
@@ -129,11 +134,14 @@ class Consolidator:
     def state_dict(self) -> dict:
         return {"method": self.method, "anchors": self.anchors}  # dicts keep their order: oldest anchor first
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore the anchors, on `device` (the network's: it may differ from where they were saved)."""
         if state["method"] != self.method:
             raise ValueError(f"The checkpoint's consolidation method is {state['method']!r}, "
                              f"not {self.method!r}.")
-        self.anchors = dict(state["anchors"])
+        self.anchors = {key: {part: {name: value.to(device) for name, value in tensors.items()}
+                              for part, tensors in anchor.items()}
+                        for key, anchor in state["anchors"].items()}
         self._combined = None
 
 

@@ -8,21 +8,30 @@ the training protocol's preprocessing and sticky actions, no life-loss signal.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from agent.dqn import epsilon_greedy
-from envs import NUM_ACTIONS, AtariSettings, human_normalized_score, make_vector_env
+from envs import NUM_ACTIONS, AtariSettings, derive_seed, human_normalized_score, make_vector_env
 
 
 def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float = 0.05, seed: int = 0,
                   settings: AtariSettings | None = None, num_envs: int = 8, backend: str = "ale_vector",
-                  progress=None) -> dict[str, list[float]]:
-    """{"returns": [...], "lengths": [...]} of `episodes` complete episodes of `game`."""
+                  on_episode: Callable[[str, int], None] | None = None,
+                  poll: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """{"returns": [...], "lengths": [...]} of `episodes` complete episodes of `game`.
+
+    `seed` is any non-negative integer (the env seed is derived from it into ale-py's range);
+    `on_episode(game, finished)` is called at the start and after every finished episode;
+    `poll()` before every step, and it may raise to abandon the evaluation (a stop signal).
+    """
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}.")
+    if num_envs <= 0:
+        raise ValueError(f"num_envs must be positive, got {num_envs}.")
     num_envs = min(num_envs, episodes)
     quota = np.array([len(range(i, episodes, num_envs)) for i in range(num_envs)])
     device = next(network.parameters()).device
@@ -30,11 +39,15 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
     env = make_vector_env(game, num_envs, settings or AtariSettings(), backend=backend)
     returns, lengths = [], []
     try:
-        obs = env.reset(seed=seed)
+        if on_episode is not None:
+            on_episode(game, 0)
+        obs = env.reset(seed=derive_seed(seed))
         finished = np.zeros(num_envs, dtype=np.int64)
         running = np.zeros(num_envs)
         running_len = np.zeros(num_envs, dtype=np.int64)
         while (finished < quota).any():
+            if poll is not None:
+                poll()
             actions = epsilon_greedy(network, obs, epsilon, rng, device, NUM_ACTIONS)
             step = env.step(actions)
             counting = ~step.was_reset & (finished < quota)
@@ -45,8 +58,8 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
                 lengths.append(int(running_len[e]))
                 finished[e] += 1
                 running[e], running_len[e] = 0.0, 0
-                if progress is not None:
-                    progress.update(1)
+                if on_episode is not None:
+                    on_episode(game, len(returns))
             obs = step.obs
     finally:
         env.close()
@@ -70,12 +83,16 @@ def summarize(game: str, returns: list[float]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_games(network: nn.Module, games: list[str], episodes: int, epsilon: float, seed: int,
-                   settings: AtariSettings | None = None, num_envs: int = 8, progress=None) -> dict:
-    """The JSON-ready summary of every game, plus the mean human-normalised score."""
+                   settings: AtariSettings | None = None, num_envs: int = 8,
+                   on_episode: Callable[[str, int], None] | None = None,
+                   poll: Callable[[], None] | None = None) -> dict:
+    """The JSON-ready summary of every game, plus the mean human-normalised score.
+
+    Game i plays with the seed derived from (seed, i): any non-negative `seed` is valid."""
     results = {}
     for index, game in enumerate(games):
-        played = play_episodes(network, game, episodes, epsilon, seed + 1000 * index, settings, num_envs,
-                               progress=progress)
+        played = play_episodes(network, game, episodes, epsilon, derive_seed(seed, index), settings, num_envs,
+                               on_episode=on_episode, poll=poll)
         results[game] = summarize(game, played["returns"])
     normalised = [r["human_normalized"] for r in results.values() if r["human_normalized"] is not None]
     return {"games": results, "mean_human_normalized": float(np.mean(normalised)) if normalised else None}

@@ -89,13 +89,15 @@ def _cotangents(outputs: torch.Tensor, estimator: str, per_sample_loss: PerSampl
 
 def estimate_fisher(model: nn.Module, states: torch.Tensor, estimator: str = "expected",
                     per_sample_loss: PerSampleLoss | None = None, batch_size: int = 32,
-                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                    generator: torch.Generator | None = None,
+                    poll: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of `model` at its current parameters, averaged over `states`.
 
     `states` may live on the CPU; minibatches of `batch_size` move to the model's device.
     For `empirical`, `per_sample_loss(outputs, rows)` returns one loss per row of the
     minibatch `states[rows]`; each loss may depend on its own row of outputs only.
-    Returns {parameter name: tensor shaped like the parameter}.
+    `poll()` is called before every minibatch; it may raise to abandon the estimate
+    (a stop signal). Returns {parameter name: tensor shaped like the parameter}.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown Fisher estimator {estimator!r}: use one of {ESTIMATORS}.")
@@ -114,6 +116,8 @@ def estimate_fisher(model: nn.Module, states: torch.Tensor, estimator: str = "ex
     handles = [module.register_forward_hook(hook(name)) for name, module in layers]
     try:
         for start in range(0, len(states), batch_size):
+            if poll is not None:
+                poll()
             rows = slice(start, min(start + batch_size, len(states)))
             records.clear()
             with torch.enable_grad():

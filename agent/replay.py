@@ -64,6 +64,11 @@ class FrameReplay:
         return int(self.valid.sum())
 
     @property
+    def full(self) -> bool:
+        """Every slot has been written: the buffer holds as many transitions as it ever will."""
+        return bool((self.written >= self.slots).all())
+
+    @property
     def nbytes(self) -> int:
         arrays = (self.frames, self.actions, self.rewards, self.dones, self.kinds, self.valid)
         return sum(a.nbytes for a in arrays)
@@ -139,15 +144,22 @@ class FrameReplay:
 
     def sample_states(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, stack, H, W) uint8 observations of stored transitions, e.g. for a Fisher estimate."""
-        return self.windows(self.sample_indices(n, rng))[:, :-1]
+        return np.ascontiguousarray(self.windows(self.sample_indices(n, rng))[:, :-1])
 
     _PER_SLOT = ("frames", "actions", "rewards", "dones", "kinds", "valid")
     _PER_ENV = ("cursor", "written", "open")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the slots written so far: a checkpoint grows with the data, not with the capacity."""
+        """Only the slots written so far: a checkpoint grows with the data, not with the capacity.
+
+        torch.save writes the whole storage behind a view, so a partly written buffer is copied
+        (a full one is saved as it is, with no copy)."""
         used = int(min(self.slots, self.written.max()))
-        state = {name: torch.from_numpy(getattr(self, name)[:, :used]) for name in self._PER_SLOT}
+
+        def written_part(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array if used == self.slots else np.ascontiguousarray(array[:, :used]))
+
+        state = {name: written_part(getattr(self, name)) for name in self._PER_SLOT}
         state.update({name: torch.from_numpy(getattr(self, name)) for name in self._PER_ENV})
         return state
 

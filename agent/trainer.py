@@ -1,48 +1,56 @@
 """The training loop: one DQN agent through a schedule of Atari games.
 
 act -> step -> store -> (every `train_every` steps) sample -> loss -> update,
-and at each game switch: consolidate -> snapshot for the retention probe ->
-checkpoint -> new envs. The one place where the environments meet the learner
-(evaluation plays episodes on its own, in agent/evaluation.py).
+and at each game switch: evaluate -> consolidate -> snapshot for the retention
+probe -> milestone and checkpoint -> new envs. The one place where the environments
+meet the learner (evaluation plays episodes on its own, in agent/evaluation.py).
+
+A stop signal (SIGTERM, SIGINT) is acted on within one vector step, one evaluation
+step or one Fisher minibatch: the work in progress is abandoned, the last consistent
+state is checkpointed (what was abandoned is owed and redone on resume) and the run
+exits with EXIT_INTERRUPTED.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import math
 import random
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
+from agent import rundir
 from agent.checkpoint import CheckpointError, load_latest, save_checkpoint
-from agent.config import TrainConfig, resolve_device, validate_config
-from agent.consolidation import Consolidator
+from agent.config import TrainConfig, load_config, resolve_device, validate_config
+from agent.console import Console
+from agent.consolidation import ONLINE, Consolidator
 from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss
 from agent.evaluation import evaluate_games
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
-from envs import NUM_ACTIONS, make_vector_env
+from envs import NUM_ACTIONS, derive_seed, make_vector_env
 
-EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 2, 3, 4, 5
+EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads",
                      "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
-EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 
 
 class TrainingDiverged(RuntimeError):
     """Non-finite loss or Q-values."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived: abandon the work in progress."""
 
 
 @dataclasses.dataclass
@@ -56,6 +64,8 @@ class Progress:
     update_credit: float = 0.0
     last_target_sync: int = 0
     game_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    eval_due: bool = False  # an evaluation is owed at global_step (not yet run, or abandoned by a stop)
+    seconds: float = 0.0  # training wall time over all sessions of the run, up to the last checkpoint
 
 
 class Trainer:
@@ -79,76 +89,108 @@ class Trainer:
                                          cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size)
         self.probe = RetentionProbe()
         self.replays: dict[str, FrameReplay] = {}
-        self.progress = Progress()
+        self.progress = Progress(eval_due=True)  # a new run owes the untrained network's scores (step 0)
         self.visits = [game for _ in range(config.schedule.cycles) for game in config.schedule.games]
         self.settings = config.env.atari_settings()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resumed = checkpoint is not None
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
-            _drop_rows_after(self.run_dir / "eval.csv", self.progress.global_step)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        # purge_step drops events a killed run logged after its last checkpoint: no overlapping curves.
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.progress.global_step or None)
-        if self.progress.global_step == 0:
-            self.writer.add_text("hyperparameters", _markdown_table(config.to_dict()), 0)
         self._stop_signal: int | None = None
+        self._saved: Progress | None = dataclasses.replace(self.progress) if self.resumed else None
+        self._session_start = time.monotonic()
+        self._session_seconds_saved = 0.0
+        self.last_scores: dict[str, float] = {}
+        self.writer: SummaryWriter | None = None
+        self.console: Console | None = None
         self._window = _Window(self.progress.global_step)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.visit >= len(self.visits)
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> int:
         """Run the schedule to its end; returns an exit code (EXIT_*)."""
-        if self.progress.visit >= len(self.visits):
-            print(f"The run in {self.run_dir} already finished its schedule ({self.progress.global_step} steps); "
-                  "raise schedule.cycles to continue it.", file=sys.stderr)
+        if self.finished:
+            print(f"The run in {self.run_dir} already finished its schedule ({self.progress.global_step:,} steps); "
+                  "nothing was changed. Raise schedule.cycles to continue it.", file=sys.stderr)
             return EXIT_DONE
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=self.config.schedule.total_steps, initial=self.progress.global_step, unit="step",
-                   dynamic_ncols=True, disable=not self.config.logging.progress_bar)
+        self.console = Console(self.config.schedule.total_steps, self.progress.global_step,
+                               bar=self.config.logging.progress_bar)
         try:
-            if self.progress.global_step == 0:
-                self._evaluate()  # the untrained network: the "before" scores of forward transfer
-            while self.progress.visit < len(self.visits):
+            self._open_record()
+            steps_per_visit = self.config.schedule.steps_per_visit
+            while not self.finished:
                 game = self.visits[self.progress.visit]
-                self._run_visit(game, bar)
-                if self._stop_signal is not None:
-                    self.save()
-                    bar.write(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step}; "
-                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}",
-                              file=sys.stderr)
-                    return EXIT_INTERRUPTED
+                self._evaluate_if_due()  # the run's start, or an evaluation a stop abandoned
+                if self.progress.step_in_visit < steps_per_visit:
+                    self._run_visit(game)
+                self._evaluate_if_due()  # the score of every game at the end of this visit
                 self._switch_from(game)
+            self._print_summary()
             return EXIT_DONE
+        except Interrupted:
+            self.save(unless_saved=True)
+            self.console.line(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step:,}; "
+                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}")
+            return EXIT_INTERRUPTED
         except TrainingDiverged as exc:
-            bar.write(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
-                      "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.",
-                      file=sys.stderr)
+            self.console.line(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
+                              "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.")
             return EXIT_DIVERGED
         except CheckpointError as exc:
-            bar.write(f"{exc}\nStopped at step {self.progress.global_step}. Resume with: scripts/train.py --resume "
-                      f"{self.run_dir}", file=sys.stderr)
+            self.console.line(f"{exc}\nStopped at step {self.progress.global_step:,}. Resume with: "
+                              f"scripts/train.py --resume {self.run_dir}")
             return EXIT_CHECKPOINT_FAILED
+        except Exception as exc:  # a bug or a broken environment: say where the details are, keep the record
+            log = self.run_dir / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            try:
+                log.write_text(traceback.format_exc())
+            except OSError:
+                log = "(could not be written: printed here)\n" + traceback.format_exc()
+            self.console.line(f"error: unexpected {type(exc).__name__} at step {self.progress.global_step:,}: {exc}\n"
+                              f"The traceback is in {log}; the checkpoints in {self.run_dir / 'checkpoints'} are "
+                              f"intact. Please report it; resume with: scripts/train.py --resume {self.run_dir}")
+            return EXIT_CRASHED
         finally:
-            bar.close()
-            self.writer.close()
+            self.console.close()
+            if self.writer is not None:
+                self.writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _run_visit(self, game: str, bar: tqdm) -> None:
+    def _open_record(self) -> None:
+        """Make the run directory agree with the state being trained from, then open the writer."""
+        step = self.progress.global_step
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resumed:
+            rundir.truncate_after(self.run_dir, step)  # what a killed run logged after its checkpoint
+        rundir.write_config(self.run_dir, self.config.to_dict(), step)
+        if not self.resumed:
+            self.save()  # from now on the run can be resumed, even if killed during its first evaluation
+        tb = self.run_dir / "tb"
+        rundir.wait_for_new_event_file_time(tb)
+        self.writer = SummaryWriter(str(tb))
+        if step == 0 and not self.resumed:
+            self.writer.add_text("hyperparameters", _markdown_table(self.config.to_dict()), 0)
+
+    def _run_visit(self, game: str) -> None:
         cfg, progress = self.config, self.progress
         env = make_vector_env(game, cfg.env.num_envs, self.settings, cfg.env.backend, cfg.env.num_threads)
         replay = self._replay(game)
         replay.close_episodes()  # new envs: no episode continues from the buffer's last one
         # A resumed visit gets fresh episodes from its own seed (ale-py cannot restore emulator state).
-        seed_sequence = np.random.SeedSequence([cfg.seed, progress.visit, progress.step_in_visit])
-        seed = int(seed_sequence.generate_state(1)[0] % 2**31)
-        obs = env.reset(seed=seed)
+        obs = env.reset(seed=derive_seed(cfg.seed, progress.visit, progress.step_in_visit))
         lives = np.zeros(env.num_envs, dtype=np.int64)
         returns = np.zeros(env.num_envs)
         lengths = np.zeros(env.num_envs, dtype=np.int64)
         game_index = cfg.schedule.games.index(game)
-        bar.set_description(f"{game} (visit {progress.visit + 1}/{len(self.visits)})")
+        self._window.returns.clear()  # the bar shows this game's returns, not the previous game's
+        self.console.visit(game, progress.visit, len(self.visits))
         try:
-            while progress.step_in_visit < cfg.schedule.steps_per_visit and self._stop_signal is None:
+            while progress.step_in_visit < cfg.schedule.steps_per_visit:
+                self._check_stop()
                 epsilon = self._epsilon(game)
                 actions = epsilon_greedy(self.network, obs, epsilon, self.rng, self.device, NUM_ACTIONS)
                 step = env.step(actions)
@@ -167,26 +209,28 @@ class Trainer:
                 progress.global_step += env.num_envs
                 progress.game_steps[game] = progress.game_steps.get(game, 0) + env.num_envs
                 self._learn(game, replay, env.num_envs)
-                bar.update(env.num_envs)
 
                 step_now = progress.global_step
-                if _crossed(step_now, env.num_envs, cfg.logging.log_every):
+                logged = _crossed(step_now, env.num_envs, cfg.logging.log_every)
+                if logged:
                     self._log_scalars(epsilon, game_index)
-                    bar.set_postfix(self._window.postfix(), refresh=False)
+                self.console.advance(env.num_envs, self._window.postfix() if logged else None)
                 if _crossed(step_now, env.num_envs, cfg.consolidation.probe_every):
                     self._log_retention(game)
-                if cfg.eval.every and _crossed(step_now, env.num_envs, cfg.eval.every) \
-                        and progress.step_in_visit < cfg.schedule.steps_per_visit:
-                    self._evaluate()
-                if cfg.checkpoint.every and _crossed(step_now, env.num_envs, cfg.checkpoint.every) \
-                        and progress.step_in_visit < cfg.schedule.steps_per_visit:
+                if progress.step_in_visit >= cfg.schedule.steps_per_visit:
+                    progress.eval_due = True  # the end-of-visit evaluation, before the switch
+                    break
+                if cfg.eval.every and _crossed(step_now, env.num_envs, cfg.eval.every):
+                    progress.eval_due = True
+                    self._evaluate_if_due()
+                if cfg.checkpoint.every and _crossed(step_now, env.num_envs, cfg.checkpoint.every):
                     self.save()
         finally:
             env.close()
 
     def _learn(self, game: str, replay: FrameReplay, new_steps: int) -> None:
         dqn, progress = self.config.dqn, self.progress
-        if len(replay) < dqn.learning_starts:
+        if len(replay) < dqn.learning_starts and not replay.full:
             return
         progress.update_credit += new_steps / dqn.train_every
         while progress.update_credit >= 1:
@@ -203,23 +247,18 @@ class Trainer:
             progress.last_target_sync = progress.global_step
 
     def _switch_from(self, game: str) -> None:
-        """Consolidate the game being left, snapshot it for the probe, checkpoint."""
+        """Consolidate the game being left, snapshot it for the probe, keep a milestone, checkpoint."""
         cons, progress = self.config.consolidation, self.progress
-        self._evaluate()  # the score of every game at the end of this visit
-        replay = self.replays[game]
-        if len(replay) > 0:
+        replay = self.replays.get(game)
+        if replay is not None and len(replay) > 0:
             started = time.perf_counter()
-            states, td_losses = None, None
-            if self.consolidator.needs_states:
-                batch = replay.sample(cons.fisher_batches * cons.fisher_batch_size, self.rng, self.device)
-                targets = torch.cat([self.learner.targets(chunk) for chunk in batch.chunks(256)])
-                states = batch.obs
-
-                def td_losses(outputs, rows):
-                    return per_sample_td_loss(outputs, batch.actions[rows], targets[rows], self.config.dqn.huber_delta)
-
-            stats = self.consolidator.consolidate(game, self.network, states, progress.game_steps[game],
-                                                  td_losses, self.fisher_generator)
+            self.console.line(f"[step {progress.global_step:,}] consolidating {game}")
+            rng_before = self._rng_state()
+            try:
+                stats = self._consolidate(game, replay)
+            except Interrupted:
+                self._load_rng_state(rng_before)  # the resumed run redoes this estimate exactly
+                raise
             for name, value in stats.items():
                 self.writer.add_scalar(f"ewc/{game}/fisher_{name}", value, progress.global_step)
             self.writer.add_scalar("ewc/consolidation_seconds", time.perf_counter() - started, progress.global_step)
@@ -228,7 +267,22 @@ class Trainer:
                 self.probe.snapshot(game, self.network, states)
         progress.visit += 1
         progress.step_in_visit = 0
+        self._save_milestone(game)  # before the checkpoint: a kill in between redoes both
         self.save()
+
+    def _consolidate(self, game: str, replay: FrameReplay) -> dict[str, float]:
+        cons = self.config.consolidation
+        states, td_losses = None, None
+        if self.consolidator.needs_states:
+            batch = replay.sample(cons.fisher_batches * cons.fisher_batch_size, self.rng, self.device)
+            targets = torch.cat([self.learner.targets(chunk) for chunk in batch.chunks(256)])
+            states = batch.obs
+
+            def td_losses(outputs, rows):
+                return per_sample_td_loss(outputs, batch.actions[rows], targets[rows], self.config.dqn.huber_delta)
+
+        return self.consolidator.consolidate(game, self.network, states, self.progress.game_steps[game],
+                                             td_losses, self.fisher_generator, poll=self._check_stop)
 
     # ---------------------------------------------------------------- helpers
     def _replay(self, game: str) -> FrameReplay:
@@ -270,34 +324,72 @@ class Trainer:
             for name, value in result.items():
                 self.writer.add_scalar(f"retention/{other}/{name}", value, self.progress.global_step)
 
-    def _evaluate(self) -> None:
-        """Play every game of the schedule with its own envs and RNG; log and append to eval.csv."""
+    def _evaluate_if_due(self) -> None:
+        """Play every game of the schedule with its own envs and RNG; log and append to eval.csv.
+
+        A stop signal abandons it before anything is written: it stays due and is redone on resume."""
         cfg, progress = self.config.eval, self.progress
+        if not progress.eval_due:
+            return
         if cfg.episodes == 0:
+            progress.eval_due = False
             return
         games = self.config.schedule.games
-        trained = self.visits[progress.visit] if progress.visit < len(self.visits) else ""
+        trained = self.visits[progress.visit] if not self.finished else ""
+        on_episode = self.console.evaluating(progress.global_step, games, cfg.episodes)
+        # The seed depends on the step only through SeedSequence: valid at any step, for any config seed.
         results = evaluate_games(self.network, games, cfg.episodes, cfg.epsilon,
-                                 seed=self.config.seed + 7919 * (progress.global_step + 1),
+                                 seed=derive_seed(self.config.seed, progress.global_step, 7919),
                                  settings=self.config.env.atari_settings(cfg.max_episode_frames),
-                                 num_envs=cfg.num_envs)
-        path = self.run_dir / "eval.csv"
-        new_file = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new_file:
-                writer.writerow(EVAL_COLUMNS)
-            for game, row in results["games"].items():
-                self.writer.add_scalar(f"eval/{game}/return", row["mean"], progress.global_step)
-                writer.writerow([progress.global_step, progress.visit, trained, game, row["mean"], row["std"],
-                                 row["episodes"], "" if row["human_normalized"] is None else row["human_normalized"]])
+                                 num_envs=cfg.num_envs, on_episode=on_episode, poll=self._check_stop)
+        rows = []
+        for game, row in results["games"].items():
+            self.writer.add_scalar(f"eval/{game}/return", row["mean"], progress.global_step)
+            rows.append([progress.global_step, progress.visit, trained, game, row["mean"], row["std"],
+                         row["episodes"], "" if row["human_normalized"] is None else row["human_normalized"]])
         if results["mean_human_normalized"] is not None:
             self.writer.add_scalar("eval/mean_human_normalized", results["mean_human_normalized"], progress.global_step)
+        rundir.append_eval_rows(self.run_dir, rows)
+        progress.eval_due = False
+        self.last_scores = {game: row["mean"] for game, row in results["games"].items()}
+        self.console.evaluated(self.last_scores)
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def _check_stop(self) -> None:
+        if self._stop_signal is not None:
+            raise Interrupted
+
+    def _print_summary(self) -> None:
+        progress = self.progress
+        lines = [f"Finished {progress.global_step:,} agent steps ({len(self.visits)} visits, {progress.updates:,} "
+                 f"updates) in {_hours(progress.seconds)} of training"
+                 + (f", {_hours(self._session_seconds())} in this session." if self.resumed else ".")]
+        if self.last_scores:
+            lines.append("Final evaluation (mean return): " + ", ".join(f"{game} {score:.1f}"
+                                                                      for game, score in self.last_scores.items()))
+        lines += [f"Run directory: {self.run_dir}",
+                  f"  eval.csv     every evaluation; report: python scripts/report.py {self.run_dir}",
+                  f"  tb/          TensorBoard: tensorboard --logdir {self.run_dir}",
+                  "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",
+                  f"  evaluate:    python scripts/evaluate.py --checkpoint {self.run_dir} --episodes 10"]
+        self.console.line("\n".join(lines))
+
+    def _session_seconds(self) -> float:
+        return time.monotonic() - self._session_start
+
     # ---------------------------------------------------------------- state
+    def _rng_state(self) -> dict:
+        return {"python": list(random.getstate()[1]), "numpy": _numpy_state(self.rng),
+                "torch": torch.get_rng_state(), "fisher": self.fisher_generator.get_state()}
+
+    def _load_rng_state(self, rng: dict) -> None:
+        random.setstate((3, tuple(rng["python"]), None))
+        self.rng.bit_generator.state = _numpy_state_from(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.fisher_generator.set_state(rng["fisher"])
+
     def state_dict(self) -> dict:
         state = {
             "config": self.config.to_dict(),
@@ -305,29 +397,42 @@ class Trainer:
             "learner": self.learner.state_dict(),
             "consolidator": self.consolidator.state_dict(),
             "probe": self.probe.state_dict(),
-            "rng": {"python": list(random.getstate()[1]), "numpy": _numpy_state(self.rng),
-                    "torch": torch.get_rng_state(), "fisher": self.fisher_generator.get_state()},
+            "rng": self._rng_state(),
         }
         if self.config.checkpoint.replay:
             state["replay"] = {game: replay.state_dict() for game, replay in self.replays.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint (read on the CPU) onto this trainer's device, whatever device wrote it."""
         self.progress = Progress(**state["progress"])
         self.learner.load_state_dict(state["learner"])
-        self.consolidator.load_state_dict(state["consolidator"])
+        self.consolidator.load_state_dict(state["consolidator"], self.device)
         self.probe.load_state_dict(state["probe"])
-        rng = state["rng"]
-        random.setstate((3, tuple(rng["python"]), None))
-        self.rng.bit_generator.state = _numpy_state_from(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        self.fisher_generator.set_state(rng["fisher"])
+        self._load_rng_state(state["rng"])
         for game, replay_state in state.get("replay", {}).items():
             self._replay(game).load_state_dict(replay_state)
 
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.progress.global_step, self.state_dict(),
+    def save(self, unless_saved: bool = False) -> Path | None:
+        """Checkpoint the current state; everything logged so far is flushed first (it belongs to it)."""
+        if unless_saved and self._saved == self.progress:
+            return None
+        if self.writer is not None:
+            self.writer.flush()
+        self.progress.seconds += self._session_seconds() - self._session_seconds_saved
+        self._session_seconds_saved = self._session_seconds()
+        path = save_checkpoint(self.run_dir / "checkpoints", self.progress.global_step, self.state_dict(),
                                self.config.checkpoint.keep)
+        self._saved = dataclasses.replace(self.progress, game_steps=dict(self.progress.game_steps))
+        return path
+
+    def _save_milestone(self, game: str) -> Path:
+        """A small record of the switch kept for ever: the network and the anchor just set, no replay."""
+        anchor = self.consolidator.anchors.get(game) or self.consolidator.anchors.get(ONLINE)
+        state = {"config": self.config.to_dict(), "progress": dataclasses.asdict(self.progress),
+                 "learner": {"online": self.learner.state_dict()["online"]}, "left_game": game,
+                 "anchor_importance": anchor["importance"] if anchor else {}}
+        return save_checkpoint(self.run_dir / "milestones", self.progress.global_step, state, keep=None)
 
 
 class _Window:
@@ -363,18 +468,9 @@ class _Window:
         return {"sps": f"{self.sps:.0f}", "return": recent}
 
 
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Forget evaluations a killed run logged after the checkpoint it resumes from (they will be redone)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= step]
-    if len(kept) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
-        tmp.replace(path)
+def _hours(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
 
 
 def _crossed(step: int, advanced: int, every: int) -> bool:
@@ -418,7 +514,13 @@ def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
     """A Trainer continuing the run in `run_dir`; `config`, when given, must agree on the unsafe keys."""
-    path, state = load_latest(Path(run_dir) / "checkpoints")
+    run_dir = Path(run_dir)
+    if _never_checkpointed(run_dir):
+        # Killed before its first checkpoint (written before any step is taken): nothing was
+        # trained or evaluated, so the run starts over from its config.
+        print(f"{run_dir} was stopped before its first checkpoint; starting it over.", file=sys.stderr)
+        return Trainer(config or load_config(run_dir / "config.yaml"), run_dir)
+    path, state = load_latest(run_dir / "checkpoints")
     saved = validate_config(state["config"], f"config stored in {path}")
     if config is None:
         config = saved
@@ -430,6 +532,13 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
         raise ValueError(f"Cannot resume {run_dir}: the config differs from the checkpoint's in keys that "
                          f"change the run:\n{details}\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume.")
     return Trainer(config, run_dir, checkpoint=state)
+
+
+def _never_checkpointed(run_dir: Path) -> bool:
+    """A run directory with its config but no checkpoint file at all, complete or not."""
+    checkpoints = run_dir / "checkpoints"
+    written = checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())
+    return (run_dir / "config.yaml").is_file() and not written and not (run_dir / "eval.csv").exists()
 
 
 def _lookup(tree: dict, dotted: str):

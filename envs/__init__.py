@@ -4,6 +4,7 @@ from envs.atari import (
     NUM_ACTIONS,
     AtariSettings,
     VectorAtari,
+    derive_seed,
     make_vector_env,
     resolve_game,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "NUM_ACTIONS",
     "AtariSettings",
     "VectorAtari",
+    "derive_seed",
     "make_vector_env",
     "resolve_game",
     "human_normalized_score",

@@ -115,7 +115,8 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
         proc.kill()
     assert proc.returncode == 3, output
     assert "checkpoint written" in output
-    (checkpoint,) = list_checkpoints(run / "checkpoints")
+    # The checkpoint written before the first step, and the one written on the signal.
+    assert [int(p.stem.split("-")[1]) > 0 for p in list_checkpoints(run / "checkpoints")] == [False, True]
     stopped_at = load_latest(run / "checkpoints")[1]["progress"]["global_step"]
     assert stopped_at > 0
     assert train_main(["--resume", str(run), "schedule.steps_per_visit=" + str(stopped_at + 40)]) == 0
