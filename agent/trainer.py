@@ -419,7 +419,7 @@ def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
     """A Trainer continuing the run in `run_dir`; `config`, when given, must agree on the unsafe keys."""
     path, state = load_latest(Path(run_dir) / "checkpoints")
-    saved = validate_config(state["config"], f"config stored in {path}")
+    saved = validate_config(state["config"], f"config stored in {path}", stored=True)
     if config is None:
         config = saved
     unsafe = [key for key in differing_keys(saved.to_dict(), config.to_dict())
