@@ -2,8 +2,8 @@
 
 A checkpoint is `step-<N>.pt` beside `step-<N>.done`, a JSON sentinel written last
 with the file's size and SHA-256. A checkpoint without a matching sentinel (killed
-mid-write, truncated, corrupted) is skipped with a warning and the previous one is
-used. Files are read with `torch.load(weights_only=True)`: tensors and plain
+mid-write, truncated, corrupted) is skipped with a warning on stderr and the previous
+one is used. Files are read with `torch.load(weights_only=True)`: tensors and plain
 containers only, never arbitrary pickled code.
 """
 
@@ -13,13 +13,16 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
 CHECKPOINT_FORMAT = "ewc-atari-checkpoint-v1"
 _NAME = re.compile(r"step-(\d+)\.pt")
+_WHAT_TO_GIVE = "Give a run directory, or a checkpoints/step-N.pt file in one, written by ewc-train."
 
 
 class CheckpointError(RuntimeError):
@@ -98,24 +101,31 @@ def verify(path: Path) -> str | None:
     if not path.is_file():
         return f"{path} does not exist"
     if not sentinel_path.is_file():
-        return f"{path} has no completion sentinel {sentinel_path.name} (it was not finished)"
+        return f"{path.name} has no completion sentinel {sentinel_path.name} (it was not finished)"
     try:
-        sentinel = json.loads(sentinel_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"the sentinel {sentinel_path.name} is unreadable ({exc})"
-    if path.stat().st_size != sentinel.get("size"):
-        return f"{path.name} is {path.stat().st_size} bytes, the sentinel says {sentinel.get('size')} (truncated)"
+        sentinel = json.loads(sentinel_path.read_bytes())
+    except OSError as exc:
+        return f"the sentinel {sentinel_path.name} of {path.name} is unreadable ({exc.strerror})"
+    except ValueError:  # not UTF-8 or not JSON
+        sentinel = None
+    if not isinstance(sentinel, dict) or not {"size", "sha256"} <= sentinel.keys():
+        return f"the sentinel {sentinel_path.name} of {path.name} is damaged (not a JSON object with size and sha256)"
+    if path.stat().st_size != sentinel["size"]:
+        return f"{path.name} is {path.stat().st_size} bytes, the sentinel says {sentinel['size']} (truncated)"
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
-    if digest.hexdigest() != sentinel.get("sha256"):
+    if digest.hexdigest() != sentinel["sha256"]:
         return f"{path.name} does not match its checksum (corrupted)"
     return None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Load one checkpoint file after checking it against its sentinel."""
+    if path.is_file() and not _NAME.fullmatch(path.name) and not path.with_suffix(".done").exists():
+        raise CheckpointError(f"{path} is not a checkpoint of this project, which writes step-N.pt files with a "
+                              f"step-N.done sentinel beside them. {_WHAT_TO_GIVE}")
     problem = verify(path)
     if problem:
         raise CheckpointError(f"Cannot use checkpoint: {problem}.")
@@ -124,24 +134,33 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def _load(path: Path, map_location) -> dict:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or damaged files
-        raise CheckpointError(f"{path} is not a checkpoint of this project ({type(exc).__name__}: {exc}).") from None
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # torch raises several types for foreign or damaged files; its advice would run their code
+        what = ("it holds Python objects other than tensors, which are refused because loading them could run "
+                "untrusted code" if zipfile.is_zipfile(path) else "it is not a torch file, or it is damaged")
+        raise CheckpointError(f"{path} is not a checkpoint of this project: {what}. {_WHAT_TO_GIVE}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (no '{CHECKPOINT_FORMAT}' marker).")
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no '{CHECKPOINT_FORMAT}' marker). "
+                              f"{_WHAT_TO_GIVE}")
     return state
 
 
 def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict]:
-    """The newest checkpoint that verifies; damaged newer ones are skipped with a warning."""
-    candidates = list_checkpoints(directory)
-    unfinished = [p for p in directory.glob("step-*.pt") if p not in candidates] if directory.is_dir() else []
-    for path in unfinished:
-        warnings.warn(f"Ignoring unfinished checkpoint {path.name} (no sentinel).", stacklevel=2)
-    for path in reversed(candidates):
+    """The newest checkpoint that verifies; damaged newer ones are skipped with a warning on stderr."""
+    found = [p for p in directory.iterdir() if _NAME.fullmatch(p.name)] if directory.is_dir() else []
+    skipped = []
+    for path in sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True):
         problem = verify(path)
         if problem is None:
+            for why in skipped:
+                print(f"warning: skipping a damaged checkpoint in {directory}: {why}; using the older "
+                      f"{path.name}.", file=sys.stderr)
             return path, _load(path, map_location)
-        warnings.warn(f"Skipping checkpoint {path.name}: {problem}. Trying an older one.", stacklevel=2)
-    raise CheckpointError(f"No complete checkpoint in {directory}.")
-
+        skipped.append(problem)
+    if not skipped:
+        raise CheckpointError(f"No complete checkpoint in {directory}.")
+    details = "\n".join(f"  {problem}" for problem in skipped)
+    raise CheckpointError(f"No checkpoint in {directory} can be used:\n{details}\nRestore the files from a backup "
+                          "or start a new run; the damaged files are left as they are.")

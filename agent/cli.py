@@ -16,8 +16,9 @@ def train_main(argv: list[str] | None = None) -> int:
         prog="ewc-train",
         description="Train one DQN agent through a schedule of Atari games, with optional EWC.",
         epilog="Overrides are dotted keys, e.g. schedule.steps_per_visit=5000 consolidation.method=ewc. "
-               "Exit codes: 0 finished, 2 bad input, 3 stopped by SIGTERM/SIGINT (checkpoint written), "
-               "4 non-finite loss (last good checkpoint kept), 5 a checkpoint could not be written (disk full?).")
+               "Exit codes: 0 finished, 1 unexpected error (traceback in RUN_DIR/crash-*.log), 2 bad input, "
+               "3 stopped by SIGTERM/SIGINT (checkpoint written), 4 non-finite loss (last good checkpoint kept), "
+               "5 a checkpoint could not be written (disk full?).")
     parser.add_argument("--config", type=Path, help="YAML config (see configs/)")
     parser.add_argument("--run-dir", type=Path, help="where checkpoints, TensorBoard events and config go "
                         "(default: runs/<config name>-<time>)")
@@ -36,9 +37,11 @@ def train_main(argv: list[str] | None = None) -> int:
         import yaml
 
         try:
+            if args.resume is not None and args.config is None:
+                check_run_dir(args.resume)
             config = load_config(args.config or (args.resume / "config.yaml" if args.resume else None),
                                  args.overrides)
-        except ConfigError as exc:
+        except (ConfigError, CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
@@ -48,6 +51,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             if args.run_dir is not None and args.run_dir != args.resume:
                 raise ConfigError("--resume RUN_DIR already names the run directory; drop --run-dir.")
+            check_run_dir(args.resume)
             config = None
             if args.config is not None or args.overrides:
                 stored = args.resume / "config.yaml"
@@ -61,6 +65,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
                 raise ConfigError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                                   "or choose another --run-dir.")
+            make_run_dir(run_dir)
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -98,18 +103,29 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes <= 0:
             raise ConfigError(f"--episodes must be positive, got {args.episodes}.")
+        if args.num_envs <= 0:
+            raise ConfigError(f"--num-envs must be positive, got {args.num_envs}; leave it out for the default 8.")
+        if args.seed < 0:
+            raise ConfigError(f"--seed must not be negative, got {args.seed}; use a seed of 0 or more.")
         if args.max_episode_frames is not None and args.max_episode_frames <= 0:
             raise ConfigError(f"--max-episode-frames must be positive, got {args.max_episode_frames}.")
         if not 0.0 <= args.epsilon <= 1.0:
             raise ConfigError(f"--epsilon must lie in [0, 1], got {args.epsilon}.")
+        if args.output is not None:
+            check_output(args.output)
         if args.checkpoint.is_dir():
+            if not any((args.checkpoint / name).exists() for name in ("checkpoints", "config.yaml")) \
+                    and not any(args.checkpoint.glob("step-*.pt")):
+                raise CheckpointError(f"{args.checkpoint} does not hold a run (no checkpoints/, config.yaml or "
+                                      "step-N.pt in it): give the --run-dir of an ewc-train run, or one of its "
+                                      "checkpoints/step-N.pt files.")
             path, state = load_latest(args.checkpoint / "checkpoints" if (args.checkpoint / "checkpoints").is_dir()
                                       else args.checkpoint)
         elif args.checkpoint.exists():
             path, state = args.checkpoint, load_checkpoint(args.checkpoint)
         else:
             raise CheckpointError(f"{args.checkpoint} does not exist: give a checkpoint file or a run directory.")
-        config = validate_config(state["config"], f"config stored in {path}")
+        config = validate_config(state["config"], f"config stored in {path}", stored=True)
         games = [resolve_game(g)[0] for g in args.games] if args.games else config.schedule.games
         device = resolve_device(args.device)
     except (ConfigError, CheckpointError, ValueError) as exc:
@@ -125,8 +141,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             bar.set_description(game)
             bar.update(finished and 1)
 
-        results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings, args.num_envs,
-                                 on_episode=on_episode)
+        try:
+            results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings,
+                                     args.num_envs, on_episode=on_episode)
+        except KeyboardInterrupt:
+            print("\nInterrupted: nothing was written.", file=sys.stderr)
+            return 130
     results.update(checkpoint=str(path), step=state["progress"]["global_step"], config_hash=config.digest(),
                    seed=args.seed, epsilon=args.epsilon, episodes=args.episodes)
     print(format_table(results))
@@ -136,6 +156,43 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         write_csv(results, args.output.with_suffix(".csv"))
         print(f"Wrote {args.output} and {args.output.with_suffix('.csv')}", file=sys.stderr)
     return 0
+
+
+def check_output(output: Path) -> None:
+    """Refuse an --output whose JSON or CSV would overwrite a file of a run's own record."""
+    from agent.rundir import owned_by_run
+
+    for target in (output, output.with_suffix(".csv")):
+        if target.is_dir():
+            raise ConfigError(f"--output {output}: {target} is a directory; give a file name such as "
+                              f"{target / 'eval-final.json'}.")
+        run = owned_by_run(target)
+        if run is not None:
+            raise ConfigError(f"--output {output} would write {target}, which belongs to the record of the run in "
+                              f"{run} (training writes eval.csv, config.yaml, tb/, checkpoints/, milestones/). "
+                              f"Write the evaluation elsewhere, e.g. --output {run / 'evaluations' / 'final.json'}.")
+
+
+def check_run_dir(path: Path) -> None:
+    """Refuse a --resume RUN_DIR that is not the directory of a run."""
+    if not path.exists():
+        raise CheckpointError(f"no such run directory: {path}. Give the --run-dir of an earlier ewc-train run, "
+                              "or start a new run with --config FILE.")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a run directory: --resume takes the --run-dir of an earlier "
+                              "ewc-train run (it holds config.yaml and checkpoints/).")
+    if not (path / "checkpoints").is_dir() and not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path} does not hold a run (no checkpoints/ and no config.yaml in it): give the "
+                              "--run-dir of an earlier ewc-train run, or start a new run with --config FILE.")
+
+
+def make_run_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+        reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror or exc
+        raise ConfigError(f"cannot create run directory {path}: {reason}; choose another --run-dir.") from None
 
 
 COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "human_normalized")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,27 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Integers written as 1e6, 5.0e6 or 5e+6: YAML reads them as strings or floats."""
+        if cls.model_fields[info.field_name].annotation is not int:
+            return value
+        if isinstance(value, str):
+            try:
+                number = Decimal(value.strip())
+            except InvalidOperation:
+                return value  # not a number: pydantic says so
+        elif isinstance(value, float):
+            number = Decimal(value)
+        else:
+            return value
+        if not number.is_finite():
+            return value
+        if number != number.to_integral_value():
+            raise ValueError("must be a whole number, e.g. 1500 or 1.5e3")
+        return int(number)
 
 
 class EnvConfig(_Section):
@@ -207,12 +229,31 @@ class TrainConfig(_Section):
         return device
 
     @model_validator(mode="after")
-    def _replay_fits_batch(self) -> TrainConfig:
-        if self.dqn.batch_size > self.replay.capacity_per_game:
-            raise ValueError(
-                f"dqn.batch_size ({self.dqn.batch_size}) exceeds replay.capacity_per_game "
-                f"({self.replay.capacity_per_game})"
-            )
+    def _consistent(self, info: ValidationInfo) -> TrainConfig:
+        dqn, replay, schedule, env = self.dqn, self.replay, self.schedule, self.env
+        problems = []
+        if dqn.batch_size > replay.capacity_per_game:
+            problems.append(f"dqn.batch_size ({dqn.batch_size}) exceeds replay.capacity_per_game "
+                            f"({replay.capacity_per_game}): a batch cannot be larger than the buffer it is drawn "
+                            "from. Raise replay.capacity_per_game or lower dqn.batch_size.")
+        minimum = 8 * env.num_envs  # FrameReplay needs stack + 4 slots per env
+        if replay.capacity_per_game < minimum:
+            problems.append(f"replay.capacity_per_game ({replay.capacity_per_game}) is too small for env.num_envs "
+                            f"({env.num_envs}): the replay needs at least 8 transitions per env. Raise "
+                            f"replay.capacity_per_game to {minimum} or more, or lower env.num_envs.")
+        # Stored configs of earlier runs are still evaluated and resumed as they are.
+        if not (info.context or {}).get("stored"):
+            if dqn.learning_starts > schedule.steps_per_visit:
+                problems.append(f"dqn.learning_starts ({dqn.learning_starts}) exceeds schedule.steps_per_visit "
+                                f"({schedule.steps_per_visit}): the first visit would make no update (and an EWC "
+                                "anchor would be taken from an untrained network). Lower dqn.learning_starts or "
+                                "raise schedule.steps_per_visit.")
+            if dqn.learning_starts > replay.capacity_per_game:
+                problems.append(f"dqn.learning_starts ({dqn.learning_starts}) exceeds replay.capacity_per_game "
+                                f"({replay.capacity_per_game}): the buffer never holds that many transitions. "
+                                "Lower dqn.learning_starts or raise replay.capacity_per_game.")
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +300,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         source = str(path)
+        if path.is_dir():
+            raise ConfigError(f"Config file {path} is a directory; pass a YAML file such as "
+                              "configs/quickstart.yaml.")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist. Shipped configs are in configs/.")
         try:
@@ -274,9 +318,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate_config(data, source)
 
 
-def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+def validate_config(data: dict[str, Any], source: str = "config", stored: bool = False) -> TrainConfig:
+    """`stored`: the config of an existing run, exempt from the checks that only concern a new run's plan."""
     try:
-        return TrainConfig.model_validate(data)
+        return TrainConfig.model_validate(data, context={"stored": stored})
     except ValidationError as exc:
         raise ConfigError(f"Invalid {source}:\n" + _explain(exc)) from None
 
@@ -286,7 +331,9 @@ def _explain(exc: ValidationError) -> str:
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
         key = ".".join(loc)
-        if error["type"] == "extra_forbidden":
+        if not loc:  # a check across sections: its message names the keys
+            lines.append("  " + error["msg"].removeprefix("Value error, "))
+        elif error["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
             names = [f.alias or n for n, f in model.model_fields.items()] if model else []
             close = difflib.get_close_matches(loc[-1], names, n=3)

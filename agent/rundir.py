@@ -134,7 +134,8 @@ def owned_by_run(path: Path) -> Path | None:
     """The run directory whose record `path` would overwrite, or None."""
     path = path.resolve()
     parent = path.parent
-    if path.name in RECORD_FILES and (parent / "config.yaml").exists():
+    if (path.name in RECORD_FILES or path.name.startswith(("config-until-step-", "crash-"))) \
+            and (parent / "config.yaml").exists():
         return parent
     for ancestor in path.parents:
         if ancestor.name in RECORD_DIRS and (ancestor.parent / "config.yaml").exists():

@@ -200,14 +200,14 @@ class Trainer:
                 replay.add(obs, actions, step.reward, dones, episode_over, step.obs, mask=real)
                 returns += np.where(real, step.reward, 0.0)
                 lengths += real
-                for env_id in np.flatnonzero(episode_over):
-                    self._log_episode(game, returns[env_id], lengths[env_id])
-                    returns[env_id], lengths[env_id] = 0.0, 0
                 obs, lives = step.obs, step.lives
 
                 progress.step_in_visit += env.num_envs
                 progress.global_step += env.num_envs
                 progress.game_steps[game] = progress.game_steps.get(game, 0) + env.num_envs
+                if episode_over.any():
+                    self._log_episodes(game, returns[episode_over], lengths[episode_over])
+                    returns[episode_over], lengths[episode_over] = 0.0, 0
                 self._learn(game, replay, env.num_envs)
 
                 step_now = progress.global_step
@@ -230,7 +230,7 @@ class Trainer:
 
     def _learn(self, game: str, replay: FrameReplay, new_steps: int) -> None:
         dqn, progress = self.config.dqn, self.progress
-        if len(replay) < dqn.learning_starts and not replay.full:
+        if len(replay) < max(dqn.learning_starts, 1) and not replay.full:
             return
         progress.update_credit += new_steps / dqn.train_every
         while progress.update_credit >= 1:
@@ -296,11 +296,13 @@ class Trainer:
                  "never": progress.global_step}[eps.restart]
         return linear_epsilon(timer, eps.start, eps.end, eps.decay_steps)
 
-    def _log_episode(self, game: str, episodic_return: float, length: int) -> None:
+    def _log_episodes(self, game: str, episodic_returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Episodes that ended at this step: one point per step (their mean; usually there is one), since
+        TensorBoard keeps one value per tag and step."""
         step = self.progress.global_step
-        self.writer.add_scalar(f"charts/{game}/episodic_return", episodic_return, step)
-        self.writer.add_scalar(f"charts/{game}/episodic_length", length, step)
-        self._window.returns.append(episodic_return)
+        self.writer.add_scalar(f"charts/{game}/episodic_return", float(episodic_returns.mean()), step)
+        self.writer.add_scalar(f"charts/{game}/episodic_length", float(lengths.mean()), step)
+        self._window.returns.extend(episodic_returns.tolist())
 
     def _log_scalars(self, epsilon: float, game_index: int) -> None:
         step, writer = self.progress.global_step, self.writer
@@ -521,7 +523,7 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
         print(f"{run_dir} was stopped before its first checkpoint; starting it over.", file=sys.stderr)
         return Trainer(config or load_config(run_dir / "config.yaml"), run_dir)
     path, state = load_latest(run_dir / "checkpoints")
-    saved = validate_config(state["config"], f"config stored in {path}")
+    saved = validate_config(state["config"], f"config stored in {path}", stored=True)
     if config is None:
         config = saved
     unsafe = [key for key in differing_keys(saved.to_dict(), config.to_dict())

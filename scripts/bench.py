@@ -102,7 +102,8 @@ def bench_end_to_end(args) -> list[tuple]:
     steps = 3000 if args.quick else 12000
     starts = 1000 if args.quick else 2000
     base = load_config(ROOT / "configs" / "smoke.yaml", [
-        f"schedule.games=[{GAME}]", "env.num_envs=8", f"dqn.learning_starts={starts}", "dqn.train_every=4",
+        f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", "env.num_envs=8",
+        f"dqn.learning_starts={starts}", "dqn.train_every=4",
         "replay.capacity_per_game=100000", "consolidation.method=none", "consolidation.probe_states=0",
         "checkpoint.every=0", "eval.episodes=0", "logging.progress_bar=false", "logging.log_every=1000",
         "device=cpu"])

@@ -44,7 +44,7 @@ def main() -> None:
         _, state = load_latest(args.checkpoint / "checkpoints")
     else:
         state = load_checkpoint(args.checkpoint)
-    config = validate_config(state["config"])
+    config = validate_config(state["config"], stored=True)
     game = resolve_game(args.game)[0]
     if game not in state.get("replay", {}):
         raise SystemExit(f"The checkpoint holds no replay of {game} (checkpoint.replay=false, or not trained yet).")

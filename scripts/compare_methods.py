@@ -46,7 +46,7 @@ def train(config_path: Path, method: str, run_dir: Path, overrides: list[str]) -
 
 
 def network_from(state: dict) -> QNetwork:
-    config = validate_config(state["config"])
+    config = validate_config(state["config"], stored=True)
     network = QNetwork(NUM_ACTIONS, config.network.architecture)
     network.load_state_dict(state["learner"]["online"])
     return network.eval()
@@ -55,7 +55,7 @@ def network_from(state: dict) -> QNetwork:
 def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     checkpoints = [load_checkpoint(p) for p in list_checkpoints(run_dir / "checkpoints")]
     final = checkpoints[-1]
-    config = validate_config(final["config"])
+    config = validate_config(final["config"], stored=True)
     settings = config.env.atari_settings(config.eval.max_episode_frames)
     visits = [g for _ in range(config.schedule.cycles) for g in config.schedule.games]
     result = {"games": {}}

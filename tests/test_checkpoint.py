@@ -33,7 +33,7 @@ def test_save_load_and_keep_the_newest(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_sentinel"])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, capsys):
     save_checkpoint(tmp_path, 1, state(1), keep=3)
     latest = save_checkpoint(tmp_path, 2, state(2), keep=3)
     data = latest.read_bytes()
@@ -43,9 +43,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
         latest.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     else:
         latest.with_suffix(".done").unlink()
-    with pytest.warns(UserWarning, match="step-000000000002"):
-        path, loaded = load_latest(tmp_path)
+    path, loaded = load_latest(tmp_path)
     assert loaded["progress"]["global_step"] == 1
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: ") and "step-000000000002.pt" in warning
+    assert "using the older step-000000000001.pt" in warning
     if damage != "no_sentinel":
         with pytest.raises(CheckpointError, match="truncated|corrupted"):
             load_checkpoint(latest)

@@ -12,7 +12,7 @@ from agent.cli import evaluate_main, train_main
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("eval") / "run"
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
-                       "schedule.steps_per_visit=16"]) == 0
+                       "schedule.steps_per_visit=16", "dqn.learning_starts=16"]) == 0
     return run
 
 

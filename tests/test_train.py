@@ -57,7 +57,8 @@ def test_smoke_run_visits_both_games_and_logs_the_tags(tmp_path):
 
 def test_refuses_a_run_directory_that_holds_a_run(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=8"]
+    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=8",
+            "dqn.learning_starts=8"]
     assert train_main(args) == 0
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert train_main(args) == 2
@@ -88,7 +89,7 @@ def test_resume_after_a_game_switch_is_bit_identical(tmp_path):
 def test_resume_refuses_changes_to_the_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]",
-                       "schedule.steps_per_visit=8"]) == 0
+                       "schedule.steps_per_visit=8", "dqn.learning_starts=8"]) == 0
     assert train_main(["--resume", str(run), "network.architecture=large", "schedule.games=[Pong, Breakout]"]) == 2
     err = capsys.readouterr().err
     assert "network.architecture: checkpoint 'nature', now 'large'" in err
@@ -172,7 +173,8 @@ def test_a_full_disk_during_training_stops_cleanly_and_keeps_the_previous_checkp
     import agent.checkpoint as checkpoint
 
     run = tmp_path / "run"
-    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=40"]
+    args = ["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]", "schedule.steps_per_visit=40",
+            "dqn.learning_starts=40"]
     assert train_main(args) == 0
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
 
