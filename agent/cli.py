@@ -26,7 +26,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
     from agent.trainer import EXIT_BAD_INPUT, Trainer, resume
 

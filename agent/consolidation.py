@@ -112,9 +112,9 @@ class Consolidator:
         total = torch.zeros((), device=device)
         for name, param in model.named_parameters():
             total = total + (weights[name] * (param - centres[name]).square()).sum()
-        return 0.5 * self.lambda_ * (total + constant)
+        return 0.5 * self.lambda_ * (total + constant.to(total.dtype))
 
-    def _combine(self, current_game: str | None) -> tuple[Tensors, Tensors, float]:
+    def _combine(self, current_game: str | None) -> tuple[Tensors, Tensors, torch.Tensor]:
         if self._combined is None or self._combined[0] != current_game:
             active = [self.anchors[key] for key in self.active_anchors(current_game)]
             weights, centres, constant = {}, {}, 0.0
@@ -124,7 +124,8 @@ class Consolidator:
                 total = importance.sum(0)
                 centre = torch.where(total > 0, (importance * anchor).sum(0) / total.clamp_min(1e-300),
                                      anchor[-1])
-                constant += (importance * (anchor - centre).square()).sum().item()
+                # A tensor, not a float: no device-to-host sync when the active set changes.
+                constant = constant + (importance * (anchor - centre).square()).sum()
                 dtype = active[0]["params"][name].dtype
                 weights[name] = total.to(dtype)
                 centres[name] = centre.to(dtype)

@@ -275,11 +275,17 @@ class Trainer:
         states, td_losses = None, None
         if self.consolidator.needs_states:
             batch = replay.sample(cons.fisher_batches * cons.fisher_batch_size, self.rng, self.device)
-            targets = torch.cat([self.learner.targets(chunk) for chunk in batch.chunks(256)])
             states = batch.obs
+            if self.consolidator.estimator == "empirical":  # the only one that needs TD targets
+                targets = []
+                for chunk in batch.chunks(256):
+                    self._check_stop()
+                    targets.append(self.learner.targets(chunk))
+                targets = torch.cat(targets)
 
-            def td_losses(outputs, rows):
-                return per_sample_td_loss(outputs, batch.actions[rows], targets[rows], self.config.dqn.huber_delta)
+                def td_losses(outputs, rows):
+                    return per_sample_td_loss(outputs, batch.actions[rows], targets[rows],
+                                              self.config.dqn.huber_delta)
 
         return self.consolidator.consolidate(game, self.network, states, self.progress.game_steps[game],
                                              td_losses, self.fisher_generator, poll=self._check_stop)

@@ -8,16 +8,16 @@ learner is thinned to one update per 16k steps, the Fisher uses one minibatch an
 evaluation plays one 300-frame episode. About 3 minutes on 2 cores.
 """
 
-import csv
 import collections
+import csv
 from pathlib import Path
 
 import pytest
 import torch
+from test_train import scalars
 
 from agent.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from agent.cli import train_main
-from test_train import scalars
 
 ROOT = Path(__file__).resolve().parent.parent
 GAMES = ["SpaceInvaders", "Krull", "BeamRider", "Hero", "StarGunner", "MsPacman"]
