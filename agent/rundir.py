@@ -68,17 +68,20 @@ def read_eval_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def truncate_after(run_dir: Path, step: int) -> None:
-    """Forget what a killed run logged after the checkpoint at `step`: it will be logged again."""
-    _truncate_eval_csv(run_dir / "eval.csv", step)
+def truncate_after(run_dir: Path, step: int, evaluation_owed: bool = False) -> None:
+    """Forget what a killed run logged after the checkpoint at `step`: it will be logged again.
+
+    With `evaluation_owed` the checkpoint was taken before the evaluation at `step` finished,
+    so that evaluation's rows and points (eval/ tags) at `step` go too."""
+    _truncate_eval_csv(run_dir / "eval.csv", step, evaluation_owed)
     tb = run_dir / "tb"
     if tb.is_dir():
         for path in sorted(tb.iterdir()):
             if _EVENT_FILE.fullmatch(path.name):
-                _truncate_event_file(path, step)
+                _truncate_event_file(path, step, evaluation_owed)
 
 
-def _truncate_eval_csv(path: Path, step: int) -> None:
+def _truncate_eval_csv(path: Path, step: int, evaluation_owed: bool) -> None:
     if not path.exists():
         return
     with open(path, newline="") as handle:
@@ -86,8 +89,9 @@ def _truncate_eval_csv(path: Path, step: int) -> None:
     if not rows:
         return
     # A row cut short by a kill has no valid step or too few fields: it goes too.
+    last = step - 1 if evaluation_owed else step
     kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(EVAL_COLUMNS) and row[0].isdigit()
-                        and int(row[0]) <= step]
+                        and int(row[0]) <= last]
     if len(kept) != len(rows):
         buffer = io.StringIO()
         csv.writer(buffer).writerows(kept)
@@ -106,16 +110,20 @@ def _event_records(data: bytes):
         offset = end
 
 
-def _truncate_event_file(path: Path, step: int) -> None:
+def _truncate_event_file(path: Path, step: int, evaluation_owed: bool) -> None:
     from tensorboard.compat.proto.event_pb2 import Event
+
+    def stale(event) -> bool:
+        return event.step > step or (evaluation_owed and event.step == step
+                                     and any(v.tag.startswith("eval/") for v in event.summary.value))
 
     data = path.read_bytes()
     kept, dropped = [], False
     for start, end, payload in _event_records(data):
-        if Event.FromString(payload).step <= step:
-            kept.append(data[start:end])
-        else:
+        if stale(Event.FromString(payload)):
             dropped = True
+        else:
+            kept.append(data[start:end])
     if dropped or sum(map(len, kept)) != len(data):
         replace_atomically(path, b"".join(kept))
 

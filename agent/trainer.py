@@ -165,7 +165,8 @@ class Trainer:
         step = self.progress.global_step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
-            rundir.truncate_after(self.run_dir, step)  # what a killed run logged after its checkpoint
+            # What a killed run logged after its checkpoint (and an owed evaluation it may have finished).
+            rundir.truncate_after(self.run_dir, step, self.progress.eval_due)
         rundir.write_config(self.run_dir, self.config.to_dict(), step)
         if not self.resumed:
             self.save()  # from now on the run can be resumed, even if killed during its first evaluation

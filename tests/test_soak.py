@@ -1,6 +1,6 @@
 """A run with the shape of configs/cora_atari.yaml past 1M agent steps, made cheap.
 
-Six real games, two cycles, 90k agent steps per visit (1.08M in all): every counter,
+Six real games, two cycles, 84k agent steps per visit (1.008M in all): every counter,
 seed and file goes through full-run magnitudes (the evaluation seed used to overflow
 ale-py's int after 271k steps). Cheap because acting is random (epsilon 1, no forward
 pass), the emulator skips no frames (one frame per agent step instead of four), the
@@ -21,7 +21,7 @@ from agent.cli import train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 GAMES = ["SpaceInvaders", "Krull", "BeamRider", "Hero", "StarGunner", "MsPacman"]
-VISIT, CYCLES, ENVS, CAPACITY = 90_000, 2, 16, 1024
+VISIT, CYCLES, ENVS, CAPACITY = 84_000, 2, 16, 1024
 EVAL_EVERY, CHECKPOINT_EVERY, LOG_EVERY = 500_000, 250_000, 10_000
 CHEAP = [f"schedule.steps_per_visit={VISIT}", f"schedule.cycles={CYCLES}", f"env.num_envs={ENVS}",
          "env.frame_skip=1", "network.architecture=nature", "torch_threads=1",
