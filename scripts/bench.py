@@ -233,8 +233,92 @@ def bench_penalty(args) -> list[tuple]:
              "10 anchors, naive per-game sum", ten_naive)]
 
 
+def bench_checkpoint(args) -> list[tuple]:
+    """The quickstart's state at its first switch (12k of 20k transitions per game written), saved as
+    this project saves it, against saving the replay's views as they are (torch.save then writes the
+    whole storage behind each view: what this project did before)."""
+    from agent.checkpoint import save_checkpoint
+
+    config = load_config(ROOT / "configs" / "quickstart.yaml", ["logging.progress_bar=false", "device=cpu"])
+    written = config.schedule.steps_per_visit // (4 if args.quick else 1)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp))
+        n = config.env.num_envs
+        for game in config.schedule.games:
+            replay = trainer._replay(game)
+            for _ in range(written // n):
+                frames = rng.integers(0, 256, (n, 4, 84, 84), dtype=np.uint8)
+                replay.add(frames, rng.integers(18, size=n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), frames)
+        game = config.schedule.games[0]
+        states = torch.from_numpy(trainer.replays[game].sample_states(64, rng))
+        trainer.consolidator.consolidate(game, trainer.network, states, written, generator=trainer.fisher_generator)
+        trainer.probe.snapshot(game, trainer.network, torch.from_numpy(
+            trainer.replays[game].sample_states(config.consolidation.probe_states, rng)))
+        state = trainer.state_dict()
+        transitions = sum(len(r) for r in trainer.replays.values())
+
+        def size(name, state):
+            start = time.perf_counter()
+            path = save_checkpoint(Path(tmp) / name, 1, state, keep=1)
+            return path.stat().st_size, time.perf_counter() - start
+
+        ours, ours_seconds = size("ours", state)
+        views = {game: {key: torch.from_numpy(getattr(replay, key)[:, :int(replay.written.max())])
+                        if key in replay._PER_SLOT else value for key, value in replay.state_dict().items()}
+                 for game, replay in trainer.replays.items()}
+        whole, whole_seconds = size("views", {**state, "replay": views})
+        trainer.progress.visit = 1
+        milestone = trainer._save_milestone(game).stat().st_size
+    label = f"quickstart at its first switch, {transitions:,} transitions in replay"
+    return [(f"checkpoint MB, {label} (lower is better)", "written slots only", ours / 1e6,
+             "views of the buffers (whole storage)", whole / 1e6),
+            (f"checkpoint write seconds incl. fsync and SHA-256, {label} (lower is better)", "written slots only",
+             ours_seconds, "views of the buffers (whole storage)", whole_seconds),
+            ("checkpoint bytes per transition in replay (lower is better)", "written slots only",
+             ours / transitions, "one stored frame + action, reward, flags", 84 * 84 + 8),
+            ("milestone MB, kept at every switch (lower is better)", "network + the new anchor's Fisher",
+             milestone / 1e6, "full checkpoint", ours / 1e6)]
+
+
+def bench_signals(args) -> list[tuple]:
+    """Seconds from SIGTERM to exit (checkpoint written) while training, evaluating and estimating a Fisher."""
+    import signal
+    import subprocess
+
+    phases = {  # name: (overrides, the output line after which the phase is under way)
+        "training": (["schedule.steps_per_visit=100000", "eval.episodes=0"], "training Breakout"),
+        "evaluation (50 episodes, 108k-frame cap)": (["eval.episodes=50"], "evaluating"),
+        "Fisher (expected, 3,200 states)": (["eval.episodes=0", "consolidation.fisher_batches=100"], "consolidating"),
+    }
+    rows = []
+    for phase, (overrides, marker) in phases.items():
+        latencies = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config",
+                       str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", f"{tmp}/run",
+                       "schedule.games=[Breakout]", "schedule.steps_per_visit=2000", "dqn.learning_starts=500",
+                       "logging.progress_bar=false", *overrides]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for line in proc.stdout:
+                    if marker in line:
+                        break
+                time.sleep(2.0)  # well inside the phase
+                sent = time.perf_counter()
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=600)
+                latencies.append(time.perf_counter() - sent)
+                if proc.returncode != 3:
+                    raise RuntimeError(f"{phase}: exit code {proc.returncode}, expected 3")
+        rows.append((f"seconds from SIGTERM to exit 3 with a checkpoint, during {phase} (lower is better)",
+                     "median", statistics.median(latencies), "cluster grace period (SLURM KillWait)", 30.0))
+    return rows
+
+
 BENCHES = {"env": bench_env, "learner": bench_learner, "end_to_end": bench_end_to_end, "replay": bench_replay,
-           "fisher": bench_fisher, "penalty": bench_penalty}
+           "fisher": bench_fisher, "penalty": bench_penalty, "checkpoint": bench_checkpoint,
+           "signals": bench_signals}
 
 
 def main() -> None:

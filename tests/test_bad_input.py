@@ -166,7 +166,7 @@ def forge_sentinel(path: Path) -> None:
     (b"\x80\x02not torch at all", "it is not a torch file, or it is damaged"),
 ])
 def test_foreign_checkpoint(run_copy, capsys, content, what):
-    (checkpoint,) = (run_copy / "checkpoints").glob("*.pt")
+    checkpoint = sorted((run_copy / "checkpoints").glob("*.pt"))[-1]
     if isinstance(content, bytes):
         checkpoint.write_bytes(content)
     else:
@@ -211,7 +211,9 @@ def test_damaged_sentinel_falls_back_with_a_plain_warning(tmp_path, capsys, sent
 
 
 def test_no_usable_checkpoint_lists_each_one(run_copy, capsys):
-    (checkpoint,) = (run_copy / "checkpoints").glob("*.pt")
+    first, checkpoint = sorted((run_copy / "checkpoints").glob("*.pt"))  # step 0 and the last
+    first.unlink()
+    first.with_suffix(".done").unlink()
     checkpoint.with_suffix(".done").write_bytes(b"42")
     older = checkpoint.with_name("step-000000000004.pt")
     older.write_bytes(b"half written")

@@ -117,14 +117,17 @@ def test_evaluate_beside_the_record_then_resume_and_report(finished_run, tmp_pat
     assert report_main([str(finished_run), "--out", str(tmp_path / "report")]) == 0
 
 
-def test_resuming_from_a_switch_keeps_that_steps_points(tmp_path):
-    """The end-of-visit evaluation and the Fisher statistics are logged at the switch's step,
-    before its checkpoint; a resume from it must neither drop nor repeat them."""
+def test_resuming_from_a_switch_is_exact_and_keeps_that_steps_points(tmp_path):
+    """Stopping at the switch (the budget was one cycle) and resuming for a second cycle equals one
+    long run, bit for bit. The end-of-visit evaluation and the Fisher statistics are logged at the
+    switch's step, before its checkpoint: the resume neither drops nor repeats them."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     args = ["--config", SMOKE, *TINY, *TWO_GAMES]
     assert train_main([*args, "--run-dir", str(straight), "schedule.cycles=2"]) == 0
     assert train_main([*args, "--run-dir", str(split), "schedule.cycles=1"]) == 0
     assert train_main(["--resume", str(split), "schedule.cycles=2"]) == 0
+    a, b = (load_latest(run / "checkpoints")[1]["learner"]["online"] for run in (straight, split))
+    assert all(torch.equal(a[name], b[name]) for name in a)  # bit-identical
     expected = {key for key in points(straight) if key[0] not in ("hyperparameters",)}
     assert points(split).keys() == expected
     assert set(points(split).values()) == {1}

@@ -95,7 +95,8 @@ def test_anchors_milestones_and_checkpoint_sizes(soak):
     network_bytes = sum(t.numel() * t.element_size() for t in state["learner"]["online"].values())
     replay_bytes = sum(t.numel() * t.element_size() for game in state["replay"].values() for t in game.values())
     slots = len(GAMES) * CAPACITY // ENVS * ENVS
-    assert slots * SLOT_BYTES <= replay_bytes <= slots * SLOT_BYTES + 1024
+    per_env = len(GAMES) * ENVS * (8 + 8 + 1)  # cursor, written, open
+    assert replay_bytes == slots * SLOT_BYTES + per_env
     # Documented in the README: replay slots x 7,064 B plus about 8 copies of the network
     # (online, target, Adam's two moments, and two per anchor: its centre and its Fisher).
     anchors = len(GAMES)

@@ -23,10 +23,10 @@ from agent.checkpoint import list_checkpoints, load_latest
 ROOT = Path(__file__).resolve().parent.parent
 VISIT = 240
 ARGS = ["--config", SMOKE, "schedule.games=[Breakout, Pong]", "schedule.cycles=2",
-        f"schedule.steps_per_visit={VISIT}", "env.num_envs=4", "dqn.learning_starts=64", "dqn.train_every=8",
-        "dqn.target_update_every=100", "replay.capacity_per_game=4096", "consolidation.fisher_batches=4",
+        f"schedule.steps_per_visit={VISIT}", "env.num_envs=4", "dqn.learning_starts=64", "dqn.train_every=16",
+        "dqn.target_update_every=100", "replay.capacity_per_game=4096", "consolidation.fisher_batches=3",
         "consolidation.probe_states=32", "consolidation.probe_every=120", "checkpoint.every=0", "checkpoint.keep=2",
-        "eval.episodes=1", "eval.num_envs=1", "eval.epsilon=0.05", "eval.max_episode_frames=800",
+        "eval.episodes=1", "eval.num_envs=1", "eval.epsilon=0.05", "eval.max_episode_frames=600",
         "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1"]
 EVALUATING = "evaluating 2 game(s) x 1 episode(s) at step"
 # When to kill: a line of the run's output (then a delay), or a file appearing in the run directory.
@@ -43,7 +43,6 @@ MOMENTS = [
     ("line", f"[step {3 * VISIT}] consolidating Breakout", 0.3),
     ("random", None, None),
     ("file", "checkpoints/*.pt.tmp", 0.0),
-    ("random", None, None),
 ]
 
 

@@ -73,19 +73,6 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_after_a_game_switch_is_bit_identical(tmp_path):
-    """Stopping at the switch (the budget was one cycle) and resuming for a second cycle equals one long run."""
-    games = "schedule.games=[Breakout, Pong]"
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert train_main(["--config", SMOKE, "--run-dir", str(straight), *TINY, games, "schedule.cycles=2"]) == 0
-    assert train_main(["--config", SMOKE, "--run-dir", str(split), *TINY, games, "schedule.cycles=1"]) == 0
-    assert train_main(["--resume", str(split), "schedule.cycles=2"]) == 0
-    a, b = final_params(straight), final_params(split)
-    assert all(torch.equal(a[name], b[name]) for name in a)
-    steps = [step for step, _ in scalars(split)["charts/sps"]]
-    assert steps == sorted(set(steps)), "resumed curves have no duplicated steps"
-
-
 def test_resume_refuses_changes_to_the_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]",
@@ -132,8 +119,8 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one(tm
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
-        # Wait for one complete checkpoint, then for the next one to be half written.
-        while not list_checkpoints(run / "checkpoints"):
+        # Wait for one complete checkpoint after the first step, then for the next one to be half written.
+        while not [p for p in list_checkpoints(run / "checkpoints") if p.name != "step-000000000000.pt"]:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.01)
         while not any(p.stat().st_size > 0 for p in (run / "checkpoints").glob("*.tmp")):
