@@ -4,6 +4,7 @@
     python scripts/bench.py            # the full table (about 5 minutes on 2 cores)
     python scripts/bench.py --quick    # smaller sizes, for a quick look
     python scripts/bench.py --only env,fisher
+    python scripts/bench.py --only signals --busy 1   # with a competing busy process
 
 Timings are medians over --repeats runs; compare the ratios, the machine is shared.
 The Stable-Baselines3 row needs the `bench` extra (pip install -e ".[bench]").
@@ -257,6 +258,7 @@ def bench_checkpoint(args) -> list[tuple]:
             trainer.replays[game].sample_states(config.consolidation.probe_states, rng)))
         state = trainer.state_dict()
         transitions = sum(len(r) for r in trainer.replays.values())
+        replay_bytes = sum(t.numel() * t.element_size() for r in state["replay"].values() for t in r.values())
 
         def size(name, state):
             start = time.perf_counter()
@@ -275,8 +277,8 @@ def bench_checkpoint(args) -> list[tuple]:
              "views of the buffers (whole storage)", whole / 1e6),
             (f"checkpoint write seconds incl. fsync and SHA-256, {label} (lower is better)", "written slots only",
              ours_seconds, "views of the buffers (whole storage)", whole_seconds),
-            ("checkpoint bytes per transition in replay (lower is better)", "written slots only",
-             ours / transitions, "one stored frame + action, reward, flags", 84 * 84 + 8),
+            ("replay bytes in the checkpoint per transition (lower is better)", "written slots only",
+             replay_bytes / transitions, "the buffer in memory", FrameReplay(80_000, 8).nbytes / 80_000),
             ("milestone MB, kept at every switch (lower is better)", "network + the new anchor's Fisher",
              milestone / 1e6, "full checkpoint", ours / 1e6)]
 
@@ -326,16 +328,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="run N competing busy processes (one spinning core each) during the benchmarks")
     args = parser.parse_args()
     unknown = set(args.only.split(",")) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHES)}")
-    rows = []
-    for name in args.only.split(","):
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        rows += BENCHES[name](args)
+    import subprocess
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        rows = []
+        for name in args.only.split(","):
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows += BENCHES[name](args)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
     print(f"\nMachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"device cpu")
+          f"device cpu, {args.busy} competing busy process(es)")
     print("| measurement | this project | value | baseline | value | ratio |\n|---|---|---:|---|---:|---:|")
     for what, ours_name, ours, base_name, base in rows:
         print(f"| {what} | {ours_name} | {ours:,.1f} | {base_name} | {base:,.1f} | {ours / base:.2f}x |")

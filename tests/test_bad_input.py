@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SMOKE, TINY
+from test_train import SMOKE, TINY, tiny_run
 
 from agent.checkpoint import load_latest, save_checkpoint, verify
 from agent.cli import evaluate_main, train_main
@@ -36,10 +36,7 @@ def refused(capsys, code: int, *phrases: str) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("bad") / "run"
-    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Pong]",
-                       "schedule.steps_per_visit=8", "dqn.learning_starts=8"]) == 0
-    return run
+    return tiny_run(tmp_path_factory.mktemp("bad") / "run", "Pong", 8)
 
 
 @pytest.fixture

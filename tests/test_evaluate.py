@@ -3,17 +3,14 @@
 import json
 
 import pytest
-from test_train import SMOKE, TINY
+from test_train import tiny_run
 
-from agent.cli import evaluate_main, train_main
+from agent.cli import evaluate_main
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("eval") / "run"
-    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
-                       "schedule.steps_per_visit=16", "dqn.learning_starts=16"]) == 0
-    return run
+    return tiny_run(tmp_path_factory.mktemp("eval") / "run", "Breakout, Pong", 16)
 
 
 def test_json_shape_and_episode_count(run_dir, tmp_path, capsys):

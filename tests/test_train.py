@@ -20,6 +20,13 @@ TINY = ["schedule.steps_per_visit=240", "env.num_envs=2", "dqn.learning_starts=6
         "eval.episodes=0"]
 
 
+def tiny_run(run_dir, games: str, steps: int):
+    """A finished run of a few seconds (no update is made: learning starts after the visit)."""
+    assert train_main(["--config", SMOKE, "--run-dir", str(run_dir), *TINY, f"schedule.games=[{games}]",
+                       f"schedule.steps_per_visit={steps}", f"dqn.learning_starts={steps}"]) == 0
+    return run_dir
+
+
 def scalars(run_dir):
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
