@@ -10,6 +10,7 @@ containers only, never arbitrary pickled code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,19 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_FORMAT = "ewc-atari-checkpoint-v1"
-_NAME = re.compile(r"step-(\d+)\.pt")
+# step-<N>.pt, or step-<N>.<k>.pt for a k-th different state saved at the same step (a checkpoint
+# written on a stop just before a switch, then the switch's own): an older file is never replaced.
+_NAME = re.compile(r"step-(\d+)(?:\.(\d+))?\.pt")
+
+
+def _order(path: Path) -> tuple[int, int]:
+    step, again = _NAME.fullmatch(path.name).groups()
+    return int(step), int(again or 0)
+
+
+def step_of(path: Path) -> int:
+    """The agent step in a checkpoint's file name."""
+    return _order(path)[0]
 _WHAT_TO_GIVE = "Give a run directory, or a checkpoints/step-N.pt file in one, written by ewc-train."
 
 
@@ -54,10 +67,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None) -> Path:
-    """Write `state` as step-<step>.pt atomically; keep the newest `keep` checkpoints (None: all)."""
+def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None, replace: bool = False) -> Path:
+    """Write `state` as step-<step>.pt atomically; keep the newest `keep` checkpoints (None: all).
+
+    An existing file for the same step is kept and the new one named step-<step>.<k>.pt, unless
+    `replace` (for files that are rewritten identically when a resumed run redoes their step)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:012d}.pt"
+    for again in itertools.count(1):
+        if replace or not path.exists():
+            break
+        path = directory / f"step-{step:012d}.{again}.pt"
     tmp = path.with_suffix(".pt.tmp")
     try:
         with open(tmp, "wb") as handle:
@@ -65,6 +85,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None) -
             torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
             handle.flush()
             os.fsync(handle.fileno())
+        path.with_suffix(".done").unlink(missing_ok=True)  # an old sentinel never vouches for a new file
         os.replace(tmp, path)
         sentinel = {"file": path.name, "size": writer.size, "sha256": writer.digest.hexdigest(), "step": step}
         sentinel_tmp = path.with_suffix(".done.tmp")
@@ -74,7 +95,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None) -
             os.fsync(handle.fileno())
         os.replace(sentinel_tmp, path.with_suffix(".done"))
         _fsync_dir(directory)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         for leftover in (tmp, path.with_suffix(".done.tmp")):
             leftover.unlink(missing_ok=True)
         if path.exists() and not path.with_suffix(".done").exists():
@@ -84,6 +105,8 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int | None) -
     for old in list_checkpoints(directory)[:-keep] if keep else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".done").unlink(missing_ok=True)
+    for leftover in directory.glob("*.tmp"):  # from writes that a kill interrupted
+        leftover.unlink(missing_ok=True)
     return path
 
 
@@ -92,7 +115,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if _NAME.fullmatch(p.name) and p.with_suffix(".done").exists()]
-    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
+    return sorted(found, key=_order)
 
 
 def verify(path: Path) -> str | None:
@@ -151,7 +174,7 @@ def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> tu
     """The newest checkpoint that verifies; damaged newer ones are skipped with a warning on stderr."""
     found = [p for p in directory.iterdir() if _NAME.fullmatch(p.name)] if directory.is_dir() else []
     skipped = []
-    for path in sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True):
+    for path in sorted(found, key=_order, reverse=True):
         problem = verify(path)
         if problem is None:
             for why in skipped:

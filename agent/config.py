@@ -49,7 +49,7 @@ class _Section(BaseModel):
 class EnvConfig(_Section):
     backend: Literal["ale_vector", "gymnasium"] = "ale_vector"
     """ale_vector: ale-py's C++ vector env (fast); gymnasium: AsyncVectorEnv fallback."""
-    num_envs: int = Field(8, gt=0)
+    num_envs: int = Field(8, gt=0, le=4096)
     """Environments stepped together; one agent step is one env step."""
     num_threads: int = Field(0, ge=0)
     """Emulator threads for ale_vector (0: ale-py chooses)."""
@@ -197,7 +197,8 @@ class LoggingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seeds every random generator of the run (env seeds are derived from it)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
     torch_threads: int = Field(0, ge=0)

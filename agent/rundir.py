@@ -1,20 +1,20 @@
 """The run directory is the run's record: config, eval.csv and TensorBoard events.
 
-Every point is written once. A checkpoint at step S covers everything logged at steps
-<= S (the writer is flushed before each checkpoint); a resume from it removes what the
-killed run logged after S from eval.csv and from the event files themselves, so no
-reader (EventAccumulator, TensorBoard's Rust data server, pandas) sees a point twice or
-has to honour purge markers. Files are replaced atomically: a kill leaves the old or the
-new version, never half of one.
+Every point is written once. A checkpoint records how many bytes of eval.csv and of each
+event file it covers (the writer is flushed first); a resume from it cuts the files back
+to those sizes and deletes newer event files, so what a killed run logged after its
+checkpoint is gone before it is logged again, and no reader (EventAccumulator,
+TensorBoard's Rust data server, pandas) sees a point twice or has to honour purge
+markers. Whole files are replaced atomically: a kill leaves the old or the new version.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import re
-import struct
 import time
 from pathlib import Path
 
@@ -24,11 +24,11 @@ EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_ret
 # The names a run keeps; evaluate.py refuses to write over any of them.
 RECORD_FILES = ("config.yaml", "eval.csv")
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
-_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
 
 
 def replace_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")  # never an event file's name: TensorBoard would read it
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -45,7 +45,12 @@ def write_config(run_dir: Path, config: dict, step: int) -> None:
         old = path.read_text()
         if old == text:
             return
-        replace_atomically(run_dir / f"config-until-step-{step:012d}.yaml", old.encode())
+        kept = run_dir / f"config-until-step-{step:012d}.yaml"
+        for again in itertools.count(1):  # never over an earlier one (resumed twice at the same step)
+            if not kept.exists():
+                break
+            kept = run_dir / f"config-until-step-{step:012d}.{again}.yaml"
+        replace_atomically(kept, old.encode())
     replace_atomically(path, text.encode())
 
 
@@ -68,73 +73,47 @@ def read_eval_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def truncate_after(run_dir: Path, step: int, evaluation_owed: bool = False) -> None:
-    """Forget what a killed run logged after the checkpoint at `step`: it will be logged again.
+def record_sizes(run_dir: Path) -> dict[str, int]:
+    """Bytes of eval.csv and of every event file now: what a checkpoint taken now covers (the
+    TensorBoard writer is flushed first)."""
+    sizes = {"eval.csv": _size(run_dir / "eval.csv")}
+    for path in _event_files(run_dir):
+        sizes[f"tb/{path.name}"] = path.stat().st_size
+    return sizes
 
-    With `evaluation_owed` the checkpoint was taken before the evaluation at `step` finished,
-    so that evaluation's rows and points (eval/ tags) at `step` go too."""
-    _truncate_eval_csv(run_dir / "eval.csv", step, evaluation_owed)
+
+def truncate_to(run_dir: Path, sizes: dict[str, int]) -> None:
+    """Cut eval.csv and the event files back to a checkpoint's `sizes`, and delete the event files
+    made after it: what a killed run logged after its checkpoint goes, to be logged again. A row or
+    record half written by the kill goes with it."""
+    for path in [run_dir / "eval.csv", *_event_files(run_dir)]:
+        if not path.exists():
+            continue
+        kept = sizes.get(str(path.relative_to(run_dir)), 0)
+        if kept == 0:
+            path.unlink()
+        elif path.stat().st_size > kept:
+            with open(path, "r+b") as handle:
+                handle.truncate(kept)
+                os.fsync(handle.fileno())
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _event_files(run_dir: Path) -> list[Path]:
     tb = run_dir / "tb"
-    if tb.is_dir():
-        for path in sorted(tb.iterdir()):
-            if _EVENT_FILE.fullmatch(path.name):
-                _truncate_event_file(path, step, evaluation_owed)
+    return sorted(p for p in tb.iterdir() if _EVENT_FILE.fullmatch(p.name)) if tb.is_dir() else []
 
 
-def _truncate_eval_csv(path: Path, step: int, evaluation_owed: bool) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    # A row cut short by a kill has no valid step or too few fields: it goes too.
-    last = step - 1 if evaluation_owed else step
-    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(EVAL_COLUMNS) and row[0].isdigit()
-                        and int(row[0]) <= last]
-    if len(kept) != len(rows):
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows(kept)
-        replace_atomically(path, buffer.getvalue().encode())
-
-
-def _event_records(data: bytes):
-    """(start, end, payload) of each complete TFRecord: u64 length, u32 crc, payload, u32 crc."""
-    offset = 0
-    while offset + 12 <= len(data):
-        (length,) = struct.unpack_from("<Q", data, offset)
-        end = offset + 12 + length + 4
-        if end > len(data):
-            return  # cut short by a kill
-        yield offset, end, data[offset + 12:offset + 12 + length]
-        offset = end
-
-
-def _truncate_event_file(path: Path, step: int, evaluation_owed: bool) -> None:
-    from tensorboard.compat.proto.event_pb2 import Event
-
-    def stale(event) -> bool:
-        return event.step > step or (evaluation_owed and event.step == step
-                                     and any(v.tag.startswith("eval/") for v in event.summary.value))
-
-    data = path.read_bytes()
-    kept, dropped = [], False
-    for start, end, payload in _event_records(data):
-        if stale(Event.FromString(payload)):
-            dropped = True
-        else:
-            kept.append(data[start:end])
-    if dropped or sum(map(len, kept)) != len(data):
-        replace_atomically(path, b"".join(kept))
-
-
-def wait_for_new_event_file_time(tb: Path) -> None:
+def wait_for_new_event_file_time(run_dir: Path) -> None:
     """Event files are read in name order, and names start with the creation second: a file made in
-    the same second as an older one could sort before it. Wait for the next second if needed."""
-    if not tb.is_dir():
-        return
-    stamps = [int(m.group(1)) for p in tb.iterdir() if (m := _EVENT_FILE.fullmatch(p.name))]
-    while stamps and int(time.time()) <= max(stamps):
+    the same second as an older one could sort before it. Wait for the next second if needed (at
+    most 2 s: a clock behind the files' is not waited for)."""
+    stamps = [int(_EVENT_FILE.fullmatch(p.name).group(1)) for p in _event_files(run_dir)]
+    deadline = time.monotonic() + 2.0
+    while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

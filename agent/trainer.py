@@ -14,6 +14,7 @@ exits with EXIT_INTERRUPTED.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import math
 import random
@@ -28,7 +29,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from agent import rundir
-from agent.checkpoint import CheckpointError, load_latest, save_checkpoint
+from agent.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint, step_of
 from agent.config import TrainConfig, load_config, resolve_device, validate_config
 from agent.console import Console
 from agent.consolidation import ONLINE, Consolidator
@@ -93,10 +94,11 @@ class Trainer:
         self.visits = [game for _ in range(config.schedule.cycles) for game in config.schedule.games]
         self.settings = config.env.atari_settings()
         self.resumed = checkpoint is not None
+        self._record: dict[str, int] | None = {}  # bytes of eval.csv and event files the checkpoint covers
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self._stop_signal: int | None = None
-        self._saved: Progress | None = dataclasses.replace(self.progress) if self.resumed else None
+        self._saved: Progress | None = copy.deepcopy(self.progress) if self.resumed else None
         self._session_start = time.monotonic()
         self._session_seconds_saved = 0.0
         self.last_scores: dict[str, float] = {}
@@ -131,7 +133,12 @@ class Trainer:
             self._print_summary()
             return EXIT_DONE
         except Interrupted:
-            self.save(unless_saved=True)
+            try:
+                self.save(unless_saved=True)
+            except CheckpointError as exc:
+                self.console.line(f"Stopped by signal {self._stop_signal}, but the checkpoint failed: {exc}\n"
+                                  f"Resume from the previous one with: scripts/train.py --resume {self.run_dir}")
+                return EXIT_CHECKPOINT_FAILED
             self.console.line(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step:,}; "
                               f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}")
             return EXIT_INTERRUPTED
@@ -165,15 +172,21 @@ class Trainer:
         step = self.progress.global_step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
-            # What a killed run logged after its checkpoint (and an owed evaluation it may have finished).
-            rundir.truncate_after(self.run_dir, step, self.progress.eval_due)
+            if self._record is None:
+                print("warning: this checkpoint predates the record of file sizes: points a killed run logged "
+                      "after it may appear twice in TensorBoard and eval.csv.", file=sys.stderr)
+            else:
+                rundir.truncate_to(self.run_dir, self._record)  # what a killed run logged after its checkpoint
+            for milestone in list_checkpoints(self.run_dir / "milestones"):
+                if step_of(milestone) > step:  # switches that will be redone
+                    milestone.unlink()
+                    milestone.with_suffix(".done").unlink()
         rundir.write_config(self.run_dir, self.config.to_dict(), step)
         if not self.resumed:
             self.save()  # from now on the run can be resumed, even if killed during its first evaluation
-        tb = self.run_dir / "tb"
-        rundir.wait_for_new_event_file_time(tb)
-        self.writer = SummaryWriter(str(tb))
-        if step == 0 and not self.resumed:
+        rundir.wait_for_new_event_file_time(self.run_dir)
+        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        if self._record is not None and not any(name.startswith("tb/") for name in self._record):  # first file
             self.writer.add_text("hyperparameters", _markdown_table(self.config.to_dict()), 0)
 
     def _run_visit(self, game: str) -> None:
@@ -419,6 +432,7 @@ class Trainer:
         self.consolidator.load_state_dict(state["consolidator"], self.device)
         self.probe.load_state_dict(state["probe"])
         self._load_rng_state(state["rng"])
+        self._record = state.get("record")
         for game, replay_state in state.get("replay", {}).items():
             self._replay(game).load_state_dict(replay_state)
 
@@ -430,9 +444,11 @@ class Trainer:
             self.writer.flush()
         self.progress.seconds += self._session_seconds() - self._session_seconds_saved
         self._session_seconds_saved = self._session_seconds()
-        path = save_checkpoint(self.run_dir / "checkpoints", self.progress.global_step, self.state_dict(),
+        state = self.state_dict()
+        state["record"] = rundir.record_sizes(self.run_dir)
+        path = save_checkpoint(self.run_dir / "checkpoints", self.progress.global_step, state,
                                self.config.checkpoint.keep)
-        self._saved = dataclasses.replace(self.progress, game_steps=dict(self.progress.game_steps))
+        self._saved = copy.deepcopy(self.progress)
         return path
 
     def _save_milestone(self, game: str) -> Path:
@@ -441,7 +457,9 @@ class Trainer:
         state = {"config": self.config.to_dict(), "progress": dataclasses.asdict(self.progress),
                  "learner": {"online": self.learner.state_dict()["online"]}, "left_game": game,
                  "anchor_importance": anchor["importance"] if anchor else {}}
-        return save_checkpoint(self.run_dir / "milestones", self.progress.global_step, state, keep=None)
+        # A resumed run that redoes this switch writes the same milestone again: replace it.
+        return save_checkpoint(self.run_dir / "milestones", self.progress.global_step, state, keep=None,
+                               replace=True)
 
 
 class _Window:
@@ -544,10 +562,9 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
 
 
 def _never_checkpointed(run_dir: Path) -> bool:
-    """A run directory with its config but no checkpoint file at all, complete or not."""
-    checkpoints = run_dir / "checkpoints"
-    written = checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())
-    return (run_dir / "config.yaml").is_file() and not written and not (run_dir / "eval.csv").exists()
+    """A run directory with its config but no complete checkpoint (the first is written before any step)."""
+    return (run_dir / "config.yaml").is_file() and not list_checkpoints(run_dir / "checkpoints") \
+        and not (run_dir / "eval.csv").exists()
 
 
 def _lookup(tree: dict, dotted: str):

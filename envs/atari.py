@@ -21,11 +21,12 @@ NUM_ACTIONS = 18
 FRAME_STACK = 4
 FRAME_SIZE = 84
 MAX_SEED = 2**31  # ale-py hands reset seeds to a C++ int: larger ones raise a TypeError
+MAX_ENVS = 2**16  # ale-py seeds env i of a vector env with seed + i: derived seeds leave room for them
 
 
 def derive_seed(*entropy: int) -> int:
-    """A seed in [0, 2^31) mixed from non-negative integers of any size (e.g. seed, step)."""
-    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0] % MAX_SEED)
+    """A seed in [0, 2^31 - 2^16) mixed from non-negative integers of any size (e.g. seed, step)."""
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0] % (MAX_SEED - MAX_ENVS))
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,9 @@ class VectorAtari:
         self._episode_over = np.zeros(num_envs, dtype=bool)
 
     def reset(self, seed: int) -> np.ndarray:
-        if not 0 <= seed < MAX_SEED:
-            raise ValueError(f"Env seed {seed} is outside [0, 2^31); derive it with envs.derive_seed.")
+        if not 0 <= seed <= MAX_SEED - self.num_envs:
+            raise ValueError(f"Env seed {seed} is outside [0, 2^31 - {self.num_envs}] (ale-py seeds env i with "
+                             "seed + i); derive it with envs.derive_seed.")
         obs, _ = self._env.reset(seed=seed)
         self._episode_over[:] = False
         return np.asarray(obs)

@@ -53,8 +53,9 @@ def network_from(state: dict) -> QNetwork:
 
 
 def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
-    checkpoints = [load_checkpoint(p) for p in list_checkpoints(run_dir / "checkpoints")]
-    final = checkpoints[-1]
+    final = load_latest(run_dir / "checkpoints")[1]
+    # The network as it left each game: the milestones, kept at every switch (full checkpoints are pruned).
+    milestones = [load_checkpoint(p) for p in list_checkpoints(run_dir / "milestones")]
     config = validate_config(final["config"], stored=True)
     settings = config.env.atari_settings(config.eval.max_episode_frames)
     visits = [g for _ in range(config.schedule.cycles) for g in config.schedule.games]
@@ -67,9 +68,8 @@ def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     retention = probe.measure(network_from(final), current_game=visits[-1])
     for game in config.schedule.games:
         last_visit = max(i for i, g in enumerate(visits) if g == game)
-        # The checkpoint written at the end of that visit (progress.visit counts finished visits).
-        after = next(c for c in checkpoints if c["progress"]["visit"] == last_visit + 1
-                     and c["progress"]["step_in_visit"] == 0)
+        # The milestone written at the end of that visit (progress.visit counts finished visits).
+        after = next(m for m in milestones if m["progress"]["visit"] == last_visit + 1)
         after_score = evaluate_games(network_from(after), [game], episodes, epsilon, config.seed, settings)
         result["games"][game] = {
             "return_after_visit": after_score["games"][game]["mean"],

@@ -17,6 +17,7 @@ from test_train import SMOKE, TINY, scalars
 from torch.utils.tensorboard import SummaryWriter
 
 import agent.trainer as trainer_module
+from agent import rundir
 from agent.checkpoint import list_checkpoints, load_latest
 from agent.cli import evaluate_main, train_main
 from agent.config import load_config
@@ -43,7 +44,8 @@ def points(run_dir):
 def test_seeds_are_valid_for_ale_at_any_step():
     # The old evaluation seed, seed + 7919 * (step + 1), passed 2^31 after 271k steps.
     seeds = [derive_seed(0, step, 7919) for step in (0, 271_200, 10**9, 10**15)] + [derive_seed(2**64, 3)]
-    assert all(0 <= seed < 2**31 for seed in seeds) and len(set(seeds)) == len(seeds)
+    # ale-py seeds env i with seed + i: room for any number of envs the config allows.
+    assert all(0 <= seed and seed + 4096 < 2**31 for seed in seeds) and len(set(seeds)) == len(seeds)
     network = QNetwork(18)
     played = play_episodes(network, "Pong", 1, epsilon=1.0, seed=7919 * 10**12, num_envs=1,
                            settings=load_config(SMOKE).env.atari_settings(200))
@@ -133,9 +135,12 @@ def test_resuming_from_a_switch_is_exact_and_keeps_that_steps_points(tmp_path):
     assert set(points(split).values()) == {1}
     assert ("ewc/Breakout/fisher_mean", 240) in expected and ("eval/Breakout/return", 480) in expected
     assert (split / "eval.csv").read_bytes() == (straight / "eval.csv").read_bytes()
-    # The config changed on resume: the old one is kept beside the new one.
+    # The config changed on resume: the old one is kept beside the new one, and never overwritten.
     assert "cycles: 1" in (split / "config-until-step-000000000480.yaml").read_text()
     assert "cycles: 2" in (split / "config.yaml").read_text()
+    rundir.write_config(split, {"schedule": "another"}, 480)
+    assert "cycles: 1" in (split / "config-until-step-000000000480.yaml").read_text()
+    assert "cycles: 2" in (split / "config-until-step-000000000480.1.yaml").read_text()
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, capsys):

@@ -1,10 +1,12 @@
 """Kill-and-resume torture: SIGKILL a multi-game run at a dozen moments (while a checkpoint or
 a milestone is written, during evaluations, during the Fisher estimate, right after a switch
-checkpoint, at random), resume it each time, and compare it with an uninterrupted run.
+checkpoint, while the checkpoint after a SIGTERM's is written, at random), resume it each time,
+and compare it with an uninterrupted run.
 
-With checkpoint.every=0 every checkpoint is a switch checkpoint (or the one written before the
-first step), from which the README promises an exact resume: the final networks, eval.csv and
-every TensorBoard point (value included) must equal the uninterrupted run's.
+With checkpoint.every=0 every checkpoint is taken at a switch, before the first step, or on a
+stop signal during a switch's evaluation or Fisher estimate: from each of them the README
+promises an exact resume, so the final networks, eval.csv and every TensorBoard point (value
+included) must equal the uninterrupted run's.
 """
 
 import multiprocessing
@@ -29,7 +31,8 @@ ARGS = ["--config", SMOKE, "schedule.games=[Breakout, Pong]", "schedule.cycles=2
         "eval.episodes=1", "eval.num_envs=1", "eval.epsilon=0.05", "eval.max_episode_frames=600",
         "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1"]
 EVALUATING = "evaluating 2 game(s) x 1 episode(s) at step"
-# When to kill: a line of the run's output (then a delay), or a file appearing in the run directory.
+# When to kill: a line of the run's output (then a delay), or a file appearing in the run directory;
+# "term" stops the run with SIGTERM instead of SIGKILL.
 MOMENTS = [
     ("line", f"{EVALUATING} 0", 0.3),
     ("line", f"[step {VISIT}] consolidating Breakout", 0.3),
@@ -41,6 +44,10 @@ MOMENTS = [
     ("line", "training Breakout (visit 3/4)", 0.5),
     ("line", "scores:", 0.0),  # just after an evaluation's rows were written
     ("line", f"[step {3 * VISIT}] consolidating Breakout", 0.3),
+    # SIGTERM during a Fisher estimate: a checkpoint just before the switch; then SIGKILL while the
+    # resumed run writes the switch's own checkpoint at the same step.
+    ("term", f"[step {3 * VISIT}] consolidating Breakout", 0.3),
+    ("file", "checkpoints/*.pt.tmp", 0.0),
     ("random", None, None),
     ("file", "checkpoints/*.pt.tmp", 0.0),
 ]
@@ -87,6 +94,10 @@ class Launcher:
 def run_until(launcher, proc, moment, run_dir, rng):
     """Kill `proc` at `moment`; returns True if it was killed, False if it finished first."""
     kind, what, delay = moment
+    if kind == "term":
+        kind, sig, expected = "line", signal.SIGTERM, 3
+    else:
+        sig, expected = signal.SIGKILL, -signal.SIGKILL
     kill_at = time.monotonic() + rng.uniform(0.5, 6.0) if kind == "random" else None
     while proc.is_alive():
         lines = launcher.new_lines()
@@ -94,8 +105,9 @@ def run_until(launcher, proc, moment, run_dir, rng):
                                 or kind == "file" and any(run_dir.glob(what))):
             kill_at = time.monotonic() + delay
         if kill_at is not None and time.monotonic() >= kill_at:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, sig)
             proc.join()
+            assert proc.exitcode == expected, launcher.log.read_text()
             return True
         time.sleep(0.001)
     return False
