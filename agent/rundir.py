@@ -68,11 +68,6 @@ def append_eval_rows(run_dir: Path, rows: list[list]) -> None:
         os.fsync(handle.fileno())
 
 
-def read_eval_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def record_sizes(run_dir: Path) -> dict[str, int]:
     """Bytes of eval.csv and of every event file now: what a checkpoint taken now covers (the
     TensorBoard writer is flushed first)."""
