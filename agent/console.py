@@ -26,8 +26,9 @@ class Console:
         self.stream = stream or sys.stderr
         self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                         file=self.stream) if bar else None
-        self.step, self.started_step = initial_step, initial_step
-        self.started = self.last_line = time.monotonic()
+        self.step = initial_step
+        self.last_line = time.monotonic()
+        self.rate_from = (self.last_line, initial_step)  # the ETA uses the rate since the last status line
         self.where, self.postfix = "", {}
 
     def line(self, text: str) -> None:
@@ -49,15 +50,16 @@ class Console:
         if postfix is not None:
             self.postfix = postfix
         if self.bar is not None:
-            if postfix is not None:
-                self.bar.set_postfix(postfix, refresh=False)
+            if postfix is not None:  # tqdm shows its own steps/s
+                self.bar.set_postfix({k: v for k, v in postfix.items() if k != "sps"}, refresh=False)
             self.bar.update(steps)
         elif time.monotonic() - self.last_line >= self.interval:
             self.status()
 
     def status(self) -> None:
         details = " | ".join(f"{key} {value}" for key, value in self.postfix.items())
-        self.line(f"[{self._position()}] {self.where}" + (f" | {details}" if details else "") + self._eta())
+        eta = self._eta()
+        self.line(f"[{self._position()}] {self.where}" + (f" | {details}" if details else "") + eta)
 
     def evaluating(self, step: int, games: list[str], episodes: int):
         """Show the evaluation that starts; returns the on_episode callback for evaluate_games."""
@@ -80,14 +82,17 @@ class Console:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None  # later lines are plain prints
 
     def _position(self) -> str:
         self.last_line = time.monotonic()
         return f"step {self.step:,}/{self.total:,} {100 * self.step / max(self.total, 1):.0f}%"
 
     def _eta(self) -> str:
-        done = self.step - self.started_step
-        elapsed = time.monotonic() - self.started
-        if done <= 0 or elapsed <= 0:
+        """From the rate since the previous status line: the current speed, not the run's average
+        (acting at random before learning starts is many times faster)."""
+        now, (since, step) = time.monotonic(), self.rate_from
+        self.rate_from = (now, self.step)
+        if self.step <= step or now <= since:
             return ""
-        return f" | ETA {_duration((self.total - self.step) * elapsed / done)}"
+        return f" | ETA {_duration((self.total - self.step) * (now - since) / (self.step - step))}"

@@ -66,6 +66,7 @@ class Progress:
     last_target_sync: int = 0
     game_steps: dict[str, int] = dataclasses.field(default_factory=dict)
     eval_due: bool = False  # an evaluation is owed at global_step (not yet run, or abandoned by a stop)
+    visit_done: bool = False  # the visit's steps are done: its evaluation, consolidation and switch remain
     seconds: float = 0.0  # training wall time over all sessions of the run, up to the last checkpoint
 
 
@@ -118,16 +119,18 @@ class Trainer:
                   "nothing was changed. Raise schedule.cycles to continue it.", file=sys.stderr)
             return EXIT_DONE
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.console = Console(self.config.schedule.total_steps, self.progress.global_step,
-                               bar=self.config.logging.progress_bar)
+        self.console = Console(self._total_steps(), self.progress.global_step, bar=self.config.logging.progress_bar)
         try:
             self._open_record()
             steps_per_visit = self.config.schedule.steps_per_visit
             while not self.finished:
                 game = self.visits[self.progress.visit]
                 self._evaluate_if_due()  # the run's start, or an evaluation a stop abandoned
-                if self.progress.step_in_visit < steps_per_visit:
-                    self._run_visit(game)
+                if not self.progress.visit_done:
+                    if self.progress.step_in_visit < steps_per_visit:
+                        self._run_visit(game)
+                    else:  # resumed with a shorter schedule.steps_per_visit: this visit is over
+                        self._end_visit()
                 self._evaluate_if_due()  # the score of every game at the end of this visit
                 self._switch_from(game)
             self._print_summary()
@@ -137,10 +140,10 @@ class Trainer:
                 self.save(unless_saved=True)
             except CheckpointError as exc:
                 self.console.line(f"Stopped by signal {self._stop_signal}, but the checkpoint failed: {exc}\n"
-                                  f"Resume from the previous one with: scripts/train.py --resume {self.run_dir}")
+                                  f"Resume from the previous one with: python scripts/train.py --resume {self.run_dir}")
                 return EXIT_CHECKPOINT_FAILED
             self.console.line(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step:,}; "
-                              f"checkpoint written. Continue with: scripts/train.py --resume {self.run_dir}")
+                              f"checkpoint written. Continue with: python scripts/train.py --resume {self.run_dir}")
             return EXIT_INTERRUPTED
         except TrainingDiverged as exc:
             self.console.line(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
@@ -148,7 +151,7 @@ class Trainer:
             return EXIT_DIVERGED
         except CheckpointError as exc:
             self.console.line(f"{exc}\nStopped at step {self.progress.global_step:,}. Resume with: "
-                              f"scripts/train.py --resume {self.run_dir}")
+                              f"python scripts/train.py --resume {self.run_dir}")
             return EXIT_CHECKPOINT_FAILED
         except Exception as exc:  # a bug or a broken environment: say where the details are, keep the record
             log = self.run_dir / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -158,7 +161,7 @@ class Trainer:
                 log = "(could not be written: printed here)\n" + traceback.format_exc()
             self.console.line(f"error: unexpected {type(exc).__name__} at step {self.progress.global_step:,}: {exc}\n"
                               f"The traceback is in {log}; the checkpoints in {self.run_dir / 'checkpoints'} are "
-                              f"intact. Please report it; resume with: scripts/train.py --resume {self.run_dir}")
+                              f"intact. Please report it; resume with: python scripts/train.py --resume {self.run_dir}")
             return EXIT_CRASHED
         finally:
             self.console.close()
@@ -232,7 +235,7 @@ class Trainer:
                 if _crossed(step_now, env.num_envs, cfg.consolidation.probe_every):
                     self._log_retention(game)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
-                    progress.eval_due = True  # the end-of-visit evaluation, before the switch
+                    self._end_visit()
                     break
                 if cfg.eval.every and _crossed(step_now, env.num_envs, cfg.eval.every):
                     progress.eval_due = True
@@ -241,6 +244,10 @@ class Trainer:
                     self.save()
         finally:
             env.close()
+
+    def _end_visit(self) -> None:
+        self.progress.visit_done = True
+        self.progress.eval_due = True  # the end-of-visit evaluation, before the switch
 
     def _learn(self, game: str, replay: FrameReplay, new_steps: int) -> None:
         dqn, progress = self.config.dqn, self.progress
@@ -281,6 +288,7 @@ class Trainer:
                 self.probe.snapshot(game, self.network, states)
         progress.visit += 1
         progress.step_in_visit = 0
+        progress.visit_done = False
         self._save_milestone(game)  # before the checkpoint: a kill in between redoes both
         self.save()
 
@@ -384,6 +392,7 @@ class Trainer:
             raise Interrupted
 
     def _print_summary(self) -> None:
+        self.console.close()  # the summary goes below the finished bar
         progress = self.progress
         lines = [f"Finished {progress.global_step:,} agent steps ({len(self.visits)} visits, {progress.updates:,} "
                  f"updates) in {_hours(progress.seconds)} of training"
@@ -397,6 +406,13 @@ class Trainer:
                   "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",
                   f"  evaluate:    python scripts/evaluate.py --checkpoint {self.run_dir} --episodes 10"]
         self.console.line("\n".join(lines))
+
+    def _total_steps(self) -> int:
+        """Agent steps at the end of the schedule (steps_per_visit may have changed on resume)."""
+        progress, per_visit = self.progress, self.config.schedule.steps_per_visit
+        in_this_visit = 0 if progress.visit_done else max(per_visit - progress.step_in_visit, 0)
+        later_visits = max(len(self.visits) - progress.visit - 1, 0)
+        return progress.global_step + in_this_visit + later_visits * per_visit
 
     def _session_seconds(self) -> float:
         return time.monotonic() - self._session_start

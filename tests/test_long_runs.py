@@ -237,3 +237,19 @@ def test_checkpoints_keep_the_newest_and_milestones_every_switch(tmp_path):
     assert [int(p.stem.split("-")[1]) for p in list_checkpoints(run / "milestones")] == [240, 480, 720, 960]
     assert evaluate_main(["--checkpoint", str(run / "milestones" / "step-000000000240.pt"), "--episodes", "1",
                           "--num-envs", "1", "--max-episode-frames", "100"]) == 0
+
+
+def test_resuming_with_a_shorter_visit_still_evaluates_and_switches(tmp_path):
+    """Killed at step 200 of a 240-step visit (its last checkpoint at 160), resumed with
+    schedule.steps_per_visit=100: the visit is over, and its evaluation and switch still happen."""
+    run = tmp_path / "run"
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, *TWO_GAMES, "schedule.games=[Pong]",
+                       "checkpoint.every=80", "checkpoint.keep=5", "dqn.learning_starts=16"]) == 0
+    for path in [*(run / "checkpoints").glob("step-000000000240.*"), *(run / "milestones").glob("*")]:
+        path.unlink()  # as if killed before the visit ended
+    assert train_main(["--resume", str(run), "schedule.steps_per_visit=100"]) == 0
+    rows = list(csv.DictReader(open(run / "eval.csv")))
+    assert [(r["step"], r["game"]) for r in rows] == [("0", "Pong"), ("160", "Pong")]
+    state = load_latest(run / "checkpoints")[1]
+    assert state["progress"]["visit"] == 1 and state["progress"]["global_step"] == 160
+    assert [p.name for p in list_checkpoints(run / "milestones")] == ["step-000000000160.pt"]
