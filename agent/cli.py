@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.checkpoint import CheckpointError
 from agent.config import ConfigError, load_config
+from agent.rundir import holds_run, owned_by_run
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise ConfigError("Give --config FILE (e.g. configs/quickstart.yaml), or --resume RUN_DIR.")
             config = load_config(args.config, args.overrides)
             run_dir = args.run_dir or Path("runs") / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
+            if holds_run(run_dir):
                 raise ConfigError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                                   "or choose another --run-dir.")
             make_run_dir(run_dir)
@@ -114,8 +115,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if args.output is not None:
             check_output(args.output)
         if args.checkpoint.is_dir():
-            if not any((args.checkpoint / name).exists() for name in ("checkpoints", "config.yaml")) \
-                    and not any(args.checkpoint.glob("step-*.pt")):
+            if not holds_run(args.checkpoint) and not any(args.checkpoint.glob("step-*.pt")):
                 raise CheckpointError(f"{args.checkpoint} does not hold a run (no checkpoints/, config.yaml or "
                                       "step-N.pt in it): give the --run-dir of an ewc-train run, or one of its "
                                       "checkpoints/step-N.pt files.")
@@ -160,8 +160,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 def check_output(output: Path) -> None:
     """Refuse an --output whose JSON or CSV would overwrite a file of a run's own record."""
-    from agent.rundir import owned_by_run
-
     for target in (output, output.with_suffix(".csv")):
         if target.is_dir():
             raise ConfigError(f"--output {output}: {target} is a directory; give a file name such as "
@@ -181,7 +179,7 @@ def check_run_dir(path: Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a run directory: --resume takes the --run-dir of an earlier "
                               "ewc-train run (it holds config.yaml and checkpoints/).")
-    if not (path / "checkpoints").is_dir() and not (path / "config.yaml").is_file():
+    if not holds_run(path):
         raise CheckpointError(f"{path} does not hold a run (no checkpoints/ and no config.yaml in it): give the "
                               "--run-dir of an earlier ewc-train run, or start a new run with --config FILE.")
 

@@ -237,10 +237,13 @@ class TrainConfig(_Section):
             problems.append(f"dqn.batch_size ({dqn.batch_size}) exceeds replay.capacity_per_game "
                             f"({replay.capacity_per_game}): a batch cannot be larger than the buffer it is drawn "
                             "from. Raise replay.capacity_per_game or lower dqn.batch_size.")
-        minimum = 8 * env.num_envs  # FrameReplay needs stack + 4 slots per env
+        from agent.replay import FrameReplay
+
+        minimum = FrameReplay.minimum_capacity(env.num_envs)
         if replay.capacity_per_game < minimum:
             problems.append(f"replay.capacity_per_game ({replay.capacity_per_game}) is too small for env.num_envs "
-                            f"({env.num_envs}): the replay needs at least 8 transitions per env. Raise "
+                            f"({env.num_envs}): the replay needs at least "
+                            f"{minimum // env.num_envs} transitions per env. Raise "
                             f"replay.capacity_per_game to {minimum} or more, or lower env.num_envs.")
         # Stored configs of earlier runs are still evaluated and resumed as they are.
         if not (info.context or {}).get("stored"):

@@ -42,9 +42,9 @@ class FrameReplay:
 
     def __init__(self, capacity: int, num_envs: int, stack: int = 4, frame_shape: tuple[int, int] = (84, 84)):
         slots = capacity // num_envs
-        if slots < stack + 4:
+        if capacity < self.minimum_capacity(num_envs, stack):
             raise ValueError(f"Replay capacity {capacity} is too small for {num_envs} envs: "
-                             f"need at least {(stack + 4) * num_envs}.")
+                             f"need at least {self.minimum_capacity(num_envs, stack)}.")
         self.stack = stack
         self.num_envs = num_envs
         self.slots = slots
@@ -59,6 +59,11 @@ class FrameReplay:
         self.written = np.zeros(num_envs, dtype=np.int64)  # slots ever written, per env
         # open[e]: env e is inside an episode whose last written slot is a STEP.
         self.open = np.zeros(num_envs, dtype=bool)
+
+    @staticmethod
+    def minimum_capacity(num_envs: int, stack: int = 4) -> int:
+        """Each env's ring needs room for one frame stack plus a few steps."""
+        return (stack + 4) * num_envs
 
     def __len__(self) -> int:
         return int(self.valid.sum())

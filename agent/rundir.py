@@ -112,14 +112,19 @@ def wait_for_new_event_file_time(run_dir: Path) -> None:
         time.sleep(0.05)
 
 
+def holds_run(directory: Path) -> bool:
+    """Whether `directory` is a run directory (training wrote its config or checkpoints there)."""
+    return (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir()
+
+
 def owned_by_run(path: Path) -> Path | None:
     """The run directory whose record `path` would overwrite, or None."""
     path = path.resolve()
     parent = path.parent
     if (path.name in RECORD_FILES or path.name.startswith(("config-until-step-", "crash-"))) \
-            and (parent / "config.yaml").exists():
+            and holds_run(parent):
         return parent
     for ancestor in path.parents:
-        if ancestor.name in RECORD_DIRS and (ancestor.parent / "config.yaml").exists():
+        if ancestor.name in RECORD_DIRS and holds_run(ancestor.parent):
             return ancestor.parent
     return None
