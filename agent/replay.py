@@ -9,12 +9,18 @@ END slot holding the final frame. The window of slots t-3..t+1 therefore always 
 inside one episode: obs = frames[t-3..t], next_obs = frames[t-2..t+1], with no
 padding logic at sampling time and exact next states at truncation too.
 
+The frames live in host memory by default. With `device` set they live in a torch
+tensor on that device (e.g. the GPU): `add` copies each vector step's new frames
+there once, and `sample` gathers the stacks there, with no host round trip. The
+per-slot metadata stays on the host, so the sampled indices are the same either way.
+
 Knows nothing about the agent: numpy in, numpy or torch out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +46,8 @@ class Batch:
 class FrameReplay:
     """Replay for one game, written by `num_envs` interleaved environments."""
 
-    def __init__(self, capacity: int, num_envs: int, stack: int = 4, frame_shape: tuple[int, int] = (84, 84)):
+    def __init__(self, capacity: int, num_envs: int, stack: int = 4, frame_shape: tuple[int, int] = (84, 84),
+                 device: torch.device | str | None = None):
         slots = capacity // num_envs
         if capacity < self.minimum_capacity(num_envs, stack):
             raise ValueError(f"Replay capacity {capacity} is too small for {num_envs} envs: "
@@ -48,7 +55,21 @@ class FrameReplay:
         self.stack = stack
         self.num_envs = num_envs
         self.slots = slots
-        self.frames = np.zeros((num_envs, slots, *frame_shape), dtype=np.uint8)
+        # None: frames in a numpy array. A torch device: frames in a uint8 tensor there.
+        self.device = None if device is None else torch.device(device)
+        shape = (num_envs, slots, *frame_shape)
+        self.frames: np.ndarray | torch.Tensor
+        if self.device is None:
+            self.frames = np.zeros(shape, dtype=np.uint8)
+        else:
+            try:
+                self.frames = torch.zeros(shape, dtype=torch.uint8, device=self.device)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                need = math.prod(shape)
+                raise ValueError(f"Cannot allocate the replay's frames on {self.device}: {need:,} bytes "
+                                 f"({need / 2**30:.2f} GiB) needed ({exc}). Lower replay.capacity_per_game, "
+                                 "or keep the replay in host memory.") from exc
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # device storage: frames of the current add
         self.actions = np.zeros((num_envs, slots), dtype=np.uint8)
         self.rewards = np.zeros((num_envs, slots), dtype=np.float32)
         self.dones = np.zeros((num_envs, slots), dtype=bool)
@@ -75,6 +96,7 @@ class FrameReplay:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the per-slot storage, the frames included wherever they live."""
         arrays = (self.frames, self.actions, self.rewards, self.dones, self.kinds, self.valid)
         return sum(a.nbytes for a in arrays)
 
@@ -94,6 +116,8 @@ class FrameReplay:
         ending = envs[np.asarray(episode_ends, dtype=bool)[envs]]
         self._write(ending, next_obs[ending, -1], END)
         self.open[ending] = False
+        if self._pending:
+            self._flush()
 
     def close_episodes(self) -> None:
         """Forget the episodes in progress (the envs are closed at a game switch)."""
@@ -106,7 +130,10 @@ class FrameReplay:
         # The slots after `slot` are the oldest; overwriting `slot` removes their history.
         for ahead in range(1, self.stack):
             self.valid[envs, (slot + ahead) % self.slots] = False
-        self.frames[envs, slot] = frames
+        if self.device is None:
+            self.frames[envs, slot] = frames
+        else:  # copied to the device at the end of `add`, all at once
+            self._pending.append((envs * self.slots + slot, frames))
         self.actions[envs, slot] = actions
         self.rewards[envs, slot] = rewards
         self.dones[envs, slot] = dones
@@ -119,6 +146,31 @@ class FrameReplay:
         self.cursor[envs] = (slot + 1) % self.slots
         self.written[envs] += 1
 
+    def _flush(self) -> None:
+        """Device storage: write one add's frames with one copy (its slots are distinct: the ring is longer)."""
+        flat = np.concatenate([index for index, _ in self._pending])
+        frames = np.concatenate([frames for _, frames in self._pending]).astype(np.uint8, copy=False)
+        self._pending.clear()
+        # Pageable sources are staged by the copy before it returns, so no sync is needed.
+        self._flat_frames().index_copy_(0, torch.from_numpy(flat).to(self.device, non_blocking=True),
+                                        torch.from_numpy(frames).to(self.device, non_blocking=True))
+
+    def _flat_frames(self) -> torch.Tensor:
+        """Device storage: the frames as (num_envs * slots, H, W), a view."""
+        return self.frames.view(-1, *self.frames.shape[2:])
+
+    def _window_slots(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        env, slot = np.divmod(indices, self.slots)
+        offsets = np.arange(-(self.stack - 1), 2)
+        return env[:, None], (slot[:, None] + offsets) % self.slots
+
+    def _device_windows(self, indices: np.ndarray) -> torch.Tensor:
+        """Device storage: windows() gathered on the device."""
+        env, slot = self._window_slots(indices)
+        flat = torch.from_numpy((env * self.slots + slot).ravel()).to(self.device, non_blocking=True)
+        # index_select, not [flat]: on the CPU, advanced indexing copies byte by byte (~20x slower).
+        return self._flat_frames().index_select(0, flat).view(*slot.shape, *self.frames.shape[2:])
+
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
         candidates = np.flatnonzero(self.valid)
         if len(candidates) == 0:
@@ -126,14 +178,17 @@ class FrameReplay:
         return candidates[rng.integers(len(candidates), size=n)]
 
     def windows(self, indices: np.ndarray) -> np.ndarray:
-        """(B, stack + 1, H, W) frames t-stack+1 .. t+1 for flat slot indices."""
-        env, slot = np.divmod(indices, self.slots)
-        offsets = np.arange(-(self.stack - 1), 2)
-        return self.frames[env[:, None], (slot[:, None] + offsets) % self.slots]
+        """(B, stack + 1, H, W) frames t-stack+1 .. t+1 for flat slot indices, on the host."""
+        if self.device is not None:
+            return self._device_windows(indices).cpu().numpy()
+        return self.frames[self._window_slots(indices)]
 
     def sample(self, n: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> Batch:
         indices = self.sample_indices(n, rng)
-        window = torch.from_numpy(self.windows(indices)).to(device, non_blocking=True)
+        if self.device is None:
+            window = torch.from_numpy(self.windows(indices)).to(device, non_blocking=True)
+        else:
+            window = self._device_windows(indices).to(device, non_blocking=True)
         env, slot = np.divmod(indices, self.slots)
 
         def column(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -158,17 +213,31 @@ class FrameReplay:
         """Only the slots written so far: a checkpoint grows with the data, not with the capacity.
 
         torch.save writes the whole storage behind a view, so a partly written buffer is copied
-        (a full one is saved as it is, with no copy)."""
+        (a full one is saved as it is, with no copy). Frames on a device are copied to the host:
+        the state is CPU tensors, the same for either storage."""
         used = int(min(self.slots, self.written.max()))
 
         def written_part(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array if used == self.slots else np.ascontiguousarray(array[:, :used]))
 
-        state = {name: written_part(getattr(self, name)) for name in self._PER_SLOT}
+        state = {name: written_part(getattr(self, name)) for name in self._PER_SLOT if name != "frames"}
+        state["frames"] = written_part(self.frames) if self.device is None else self._host_frames(used)
         state.update({name: torch.from_numpy(getattr(self, name)) for name in self._PER_ENV})
         return state
 
+    def _host_frames(self, used: int) -> torch.Tensor:
+        """Device storage: the first `used` slots of every env in a CPU tensor of their own size.
+
+        Env by env, so that a partly written buffer needs no second copy on the device."""
+        if used == self.slots:
+            return self.frames.cpu()  # device "cpu": the tensor itself, as the numpy storage saves its array
+        part = torch.empty((self.num_envs, used, *self.frames.shape[2:]), dtype=torch.uint8)
+        for env in range(self.num_envs):
+            part[env].copy_(self.frames[env, :used])
+        return part
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Accepts either storage's state (CPU tensors); the frames go to this buffer's storage."""
         used = state["frames"].shape[1]
         if state["cursor"].shape != self.cursor.shape or used > self.slots \
                 or tuple(state["frames"].shape[2:]) != self.frames.shape[2:]:
@@ -179,6 +248,10 @@ class FrameReplay:
             raise ValueError("The checkpoint's replay has wrapped around a smaller capacity: "
                              "the replay capacity differs from the checkpoint's.")
         for name in self._PER_SLOT:
-            getattr(self, name)[:, :used] = state[name].numpy()
+            if name == "frames" and self.device is not None:
+                for env in range(self.num_envs):  # env by env: no second copy of the buffer on the device
+                    self.frames[env, :used].copy_(state["frames"][env])
+            else:
+                getattr(self, name)[:, :used] = state[name].cpu().numpy()
         for name in self._PER_ENV:
-            getattr(self, name)[...] = state[name].numpy()
+            getattr(self, name)[...] = state[name].cpu().numpy()

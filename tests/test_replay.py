@@ -1,5 +1,7 @@
 """The frame replay against stored full stacks: episode starts, several envs, wrap-around."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,89 @@ def test_state_dict_round_trip():
     fill(full, FakeVectorEnv(2, rng), 100, rng)  # wrapped
     with pytest.raises(ValueError, match="capacity"):
         FrameReplay(capacity=128, num_envs=2).load_state_dict(full.state_dict())
+
+
+# Frames stored in a torch tensor (FrameReplay(device=...)) against the default numpy storage.
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+ARRAYS = ("actions", "rewards", "dones", "kinds", "valid", "cursor", "written", "open")
+
+
+def host_frames(replay):
+    return replay.frames if isinstance(replay.frames, np.ndarray) else replay.frames.cpu().numpy()
+
+
+def fill_pair(capacity, num_envs, steps, seed, mask_prob, device):
+    """A numpy and a `device` replay fed the identical stream."""
+    pair = []
+    for storage in (None, device):
+        rng = np.random.default_rng(seed)
+        replay = FrameReplay(capacity=capacity, num_envs=num_envs, device=storage)
+        reference = fill(replay, FakeVectorEnv(num_envs, rng, end_prob=0.15), steps, rng, mask_prob=mask_prob)
+        pair.append((replay, reference))
+    return pair
+
+
+def assert_same_replay(host, other, seed=5):
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(host, name), getattr(other, name), err_msg=name)
+    np.testing.assert_array_equal(host_frames(host), host_frames(other))
+    assert len(host) == len(other) and host.full == other.full
+    a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+    for n in (1, 32, 100):
+        first, second = host.sample(n, a), other.sample(n, b)
+        for field in ("obs", "actions", "rewards", "dones", "next_obs"):
+            x, y = getattr(first, field), getattr(second, field)
+            assert x.device.type == y.device.type == "cpu" and x.dtype == y.dtype and torch.equal(x, y), field
+    np.testing.assert_array_equal(host.sample_states(20, a), other.sample_states(20, b))
+    flat = np.flatnonzero(host.valid)
+    np.testing.assert_array_equal(host.windows(flat), other.windows(flat))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_storage_equals_host_storage(device):
+    # Masks, episode ends and truncations; checked before the rings wrap and after many wraps.
+    (host, reference), (other, _) = fill_pair(3 * 200, 3, 60, seed=6, mask_prob=0.2, device=device)
+    assert isinstance(other.frames, torch.Tensor) and other.frames.device.type == device
+    assert not host.full
+    assert_same_replay(host, other)
+    check_all_valid(other, reference)
+    (host, reference), (other, _) = fill_pair(3 * 40, 3, 300, seed=7, mask_prob=0.2, device=device)
+    assert host.full
+    assert_same_replay(host, other)
+    check_all_valid(other, reference)
+    assert host.nbytes == other.nbytes
+    batch = other.sample(8, np.random.default_rng(0), device)  # a batch on the storage's device
+    assert batch.obs.device.type == device and batch.actions.device.type == device
+    assert batch.obs.data_ptr() == batch.next_obs.data_ptr() - 84 * 84  # views of one gathered window
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("capacity,steps", [(2 * 200, 40), (2 * 40, 200)], ids=["partial", "wrapped"])
+def test_state_dict_moves_between_storages(device, capacity, steps):
+    (host, _), (other, _) = fill_pair(capacity, 2, steps, seed=8, mask_prob=0.1, device=device)
+    host_state, device_state = host.state_dict(), other.state_dict()
+    assert set(host_state) == set(device_state)
+    for name, tensor in device_state.items():
+        assert tensor.device.type == "cpu" and torch.equal(tensor, host_state[name]), name
+    frames = device_state["frames"]
+    assert frames.untyped_storage().nbytes() == host_state["frames"].untyped_storage().nbytes() == frames.nbytes
+    if capacity == 2 * 200:  # partly written: only the written slots, in a storage of their own
+        assert frames.shape[1] < other.slots
+        saved = [io.BytesIO() for _ in range(2)]
+        torch.save(host_state, saved[0])
+        torch.save(device_state, saved[1])
+        assert len(saved[0].getvalue()) == len(saved[1].getvalue())
+    for source, storage in ((other, None), (host, device), (other, device)):
+        restored = FrameReplay(capacity=capacity, num_envs=2, device=storage)
+        restored.load_state_dict(source.state_dict())
+        assert_same_replay(host, restored)
+
+
+def test_device_storage_that_cannot_be_allocated_says_what_to_do(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.57 GiB")
+
+    monkeypatch.setattr(torch, "zeros", out_of_memory)
+    with pytest.raises(ValueError, match=r"705,600,000 bytes.*capacity_per_game.*host memory"):
+        FrameReplay(capacity=100_000, num_envs=8, device="cpu")
