@@ -53,6 +53,8 @@ class EnvConfig(_Section):
     """Environments stepped together; one agent step is one env step."""
     num_threads: int = Field(0, ge=0)
     """Emulator threads for ale_vector (0: ale-py chooses)."""
+    overlap: bool = True
+    """Step the emulators while the learner updates (updates then sample the replay one vector step behind)."""
     sticky_action_prob: float = Field(0.25, ge=0.0, le=1.0)
     """Probability of repeating the previous action (Machado et al.: 0.25)."""
     noop_max: int = Field(30, ge=0)
@@ -144,6 +146,9 @@ class EpsilonConfig(_Section):
 class ReplayConfig(_Section):
     capacity_per_game: int = Field(50_000, ge=64)
     """Transitions kept for each game (one buffer per game)."""
+    storage: Literal["host", "device"] = "host"
+    """Where the frames live: host memory, or the training device (a GPU: sampling without host copies;
+    about 7 KB x capacity_per_game x games of GPU memory)."""
 
 
 class ConsolidationConfig(_Section):
@@ -202,7 +207,7 @@ class TrainConfig(_Section):
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
     torch_threads: int = Field(0, ge=0)
-    """CPU threads for torch (0: torch's default)."""
+    """CPU threads for torch (0: torch's default, one per core; they wait passively, see agent/__init__.py)."""
     env: EnvConfig = EnvConfig()
     schedule: ScheduleConfig
     network: NetworkConfig = NetworkConfig()

@@ -34,5 +34,12 @@ class QNetwork(nn.Module):
         )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Q-values, always float32: under bf16 autocast the torso runs in bfloat16 but the Q head does not.
+
+        A bfloat16 output has about 2^-8 relative resolution: with |Q| near 10, actions whose
+        values differ by less than 0.04 tie, and the greedy action (acting, the Double-DQN
+        target, evaluation) would change against float32. The head is one small matmul."""
         # uint8 frames travel to the device as bytes (4x less traffic); scale here.
-        return self.net(frames.to(self.net[0].weight.dtype) / 255.0)
+        torso = self.net[:-1](frames.to(self.net[0].weight.dtype) / 255.0)
+        with torch.autocast(torso.device.type, enabled=False):
+            return self.net[-1](torso.float())

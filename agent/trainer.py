@@ -29,20 +29,22 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from agent import rundir
+from agent.actor import Actor
 from agent.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint, step_of
 from agent.config import TrainConfig, load_config, resolve_device, validate_config
 from agent.console import Console
 from agent.consolidation import ONLINE, Consolidator
-from agent.dqn import DQNLearner, epsilon_greedy, linear_epsilon, per_sample_td_loss
+from agent.dqn import DQNLearner, linear_epsilon, per_sample_td_loss
 from agent.evaluation import evaluate_games
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
-from envs import NUM_ACTIONS, derive_seed, make_vector_env
+from envs import NUM_ACTIONS, derive_seed
 
 EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
-RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads",
+RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads", "env.overlap",
+                     "env.num_threads", "replay.storage",
                      "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
 
 
@@ -194,56 +196,52 @@ class Trainer:
 
     def _run_visit(self, game: str) -> None:
         cfg, progress = self.config, self.progress
-        env = make_vector_env(game, cfg.env.num_envs, self.settings, cfg.env.backend, cfg.env.num_threads)
+        actor = Actor(game, cfg.env.num_envs, self.settings, self.network, self.rng, backend=cfg.env.backend,
+                      num_threads=cfg.env.num_threads, life_loss_terminal=cfg.env.life_loss_terminal,
+                      bf16=cfg.dqn.precision == "bf16")
+        n, overlap = actor.num_envs, cfg.env.overlap
         replay = self._replay(game)
         replay.close_episodes()  # new envs: no episode continues from the buffer's last one
-        # A resumed visit gets fresh episodes from its own seed (ale-py cannot restore emulator state).
-        obs = env.reset(seed=derive_seed(cfg.seed, progress.visit, progress.step_in_visit))
-        lives = np.zeros(env.num_envs, dtype=np.int64)
-        returns = np.zeros(env.num_envs)
-        lengths = np.zeros(env.num_envs, dtype=np.int64)
         game_index = cfg.schedule.games.index(game)
         self._window.returns.clear()  # the bar shows this game's returns, not the previous game's
         self.console.visit(game, progress.visit, len(self.visits))
         try:
+            # A resumed visit gets fresh episodes from its own seed (ale-py cannot restore emulator state).
+            actor.reset(derive_seed(cfg.seed, progress.visit, progress.step_in_visit))
             while progress.step_in_visit < cfg.schedule.steps_per_visit:
                 self._check_stop()
                 epsilon = self._epsilon(game)
-                actions = epsilon_greedy(self.network, obs, epsilon, self.rng, self.device, NUM_ACTIONS)
-                step = env.step(actions)
-                real = ~step.was_reset  # the autoreset step is no transition: never stored
-                episode_over = step.terminated | step.truncated
-                dones = step.terminated | (cfg.env.life_loss_terminal & (step.lives < lives) & real)
-                replay.add(obs, actions, step.reward, dones, episode_over, step.obs, mask=real)
-                returns += np.where(real, step.reward, 0.0)
-                lengths += real
-                obs, lives = step.obs, step.lives
-
-                progress.step_in_visit += env.num_envs
-                progress.global_step += env.num_envs
-                progress.game_steps[game] = progress.game_steps.get(game, 0) + env.num_envs
-                if episode_over.any():
-                    self._log_episodes(game, returns[episode_over], lengths[episode_over])
-                    returns[episode_over], lengths[episode_over] = 0.0, 0
-                self._learn(game, replay, env.num_envs)
+                actor.send(actor.act(epsilon))
+                progress.step_in_visit += n
+                progress.global_step += n
+                progress.game_steps[game] = progress.game_steps.get(game, 0) + n
+                if overlap:  # the updates run while the emulators step; they sample the replay as it was
+                    self._learn(game, replay, n)
+                step = actor.recv()
+                replay.add(step.obs, step.actions, step.rewards, step.dones, step.episode_over, step.next_obs,
+                           mask=step.real)
+                if len(step.ended_returns):
+                    self._log_episodes(game, step.ended_returns, step.ended_lengths)
+                if not overlap:
+                    self._learn(game, replay, n)
 
                 step_now = progress.global_step
-                logged = _crossed(step_now, env.num_envs, cfg.logging.log_every)
+                logged = _crossed(step_now, n, cfg.logging.log_every)
                 if logged:
                     self._log_scalars(epsilon, game_index)
-                self.console.advance(env.num_envs, self._window.postfix() if logged else None)
-                if _crossed(step_now, env.num_envs, cfg.consolidation.probe_every):
+                self.console.advance(n, self._window.postfix() if logged else None)
+                if _crossed(step_now, n, cfg.consolidation.probe_every):
                     self._log_retention(game)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
                     self._end_visit()
                     break
-                if cfg.eval.every and _crossed(step_now, env.num_envs, cfg.eval.every):
+                if cfg.eval.every and _crossed(step_now, n, cfg.eval.every):
                     progress.eval_due = True
                     self._evaluate_if_due()
-                if cfg.checkpoint.every and _crossed(step_now, env.num_envs, cfg.checkpoint.every):
+                if cfg.checkpoint.every and _crossed(step_now, n, cfg.checkpoint.every):
                     self.save()
         finally:
-            env.close()
+            actor.close()
 
     def _end_visit(self) -> None:
         self.progress.visit_done = True
@@ -315,7 +313,9 @@ class Trainer:
     # ---------------------------------------------------------------- helpers
     def _replay(self, game: str) -> FrameReplay:
         if game not in self.replays:
-            self.replays[game] = FrameReplay(self.config.replay.capacity_per_game, self.config.env.num_envs)
+            on_device = self.config.replay.storage == "device" and self.device.type != "cpu"
+            self.replays[game] = FrameReplay(self.config.replay.capacity_per_game, self.config.env.num_envs,
+                                             device=self.device if on_device else None)
         return self.replays[game]
 
     def _epsilon(self, game: str) -> float:

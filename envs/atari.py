@@ -115,7 +115,24 @@ class VectorAtari:
         return np.asarray(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        obs, reward, terminated, truncated, info = self._env.step(np.asarray(actions, dtype=np.int64))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start stepping every env with `actions`; the emulators run in their own threads (ale_vector) or
+        processes (gymnasium) until `recv`, so the caller can work in between."""
+        actions = np.asarray(actions, dtype=np.int64)
+        if self.backend == "ale_vector":
+            self._env.send(actions)
+        else:
+            self._env.step_async(actions)
+
+    def recv(self) -> StepResult:
+        """Wait for the step that `send` started."""
+        if self.backend == "ale_vector":
+            obs, reward, terminated, truncated, info = self._env.ale.recv()
+        else:
+            obs, reward, terminated, truncated, info = self._env.step_wait()
         was_reset = self._episode_over.copy()
         terminated = np.asarray(terminated, dtype=bool) & ~was_reset
         truncated = np.asarray(truncated, dtype=bool) & ~was_reset

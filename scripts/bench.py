@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import agent  # noqa: E402, F401  (first: it sets OpenMP's passive wait before torch loads)
 from agent.config import load_config  # noqa: E402
 from agent.consolidation import Consolidator  # noqa: E402
 from agent.dqn import DQNLearner  # noqa: E402
@@ -75,83 +76,105 @@ def _batch(n: int) -> Batch:
                  torch.zeros(n), frames())
 
 
+def _learner_rate(args, precision: str = "fp32", fused: bool = True, updates: int | None = None) -> float:
+    """Updates per second of the DQN learner (batch 32, Nature CNN, Double DQN) on args.device."""
+    device = torch.device(args.device)
+    updates = updates or (20 if args.quick else 60) * (10 if device.type == "cuda" else 1)
+    batch = Batch(*(t.to(device) for t in vars(_batch(32)).values()))
+    torch.manual_seed(0)
+    learner = DQNLearner(QNetwork(NUM_ACTIONS).to(device), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision)
+    if not fused:
+        learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
+
+    def go():
+        for _ in range(updates):
+            loss, _ = learner.td_loss(batch)
+            learner.apply(loss)
+        _sync(device)
+    go()  # warm-up
+    return updates / median_time(go, args.repeats)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_learner(args) -> list[tuple]:
-    updates = 20 if args.quick else 60
-    batch = _batch(32)
+    fused = _learner_rate(args)
+    what = f"learner updates/s, batch 32, Nature CNN, Double DQN, {args.device}"
+    return [(what, "fp32, fused Adam", fused, "fp32, per-parameter Adam", _learner_rate(args, fused=False)),
+            (what, "bf16 autocast (fp32 Q head), fused Adam", _learner_rate(args, "bf16"), "fp32, fused Adam", fused)]
 
-    def rate(fused: bool, precision: str = "fp32") -> float:
-        torch.manual_seed(0)
-        learner = DQNLearner(QNetwork(NUM_ACTIONS), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision)
-        if not fused:
-            learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
 
-        def go():
-            for _ in range(updates):
-                loss, _ = learner.td_loss(batch)
-                learner.apply(loss)
-        go()  # warm-up
-        return updates / median_time(go, args.repeats)
+def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True):
+    steps, starts = _end_to_end_steps(args)
+    return load_config(ROOT / "configs" / "smoke.yaml", [
+        f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", f"env.num_envs={num_envs}",
+        f"dqn.learning_starts={starts}", "dqn.train_every=4", f"dqn.precision={precision}",
+        f"env.overlap={overlap}", "replay.capacity_per_game=100000", "consolidation.method=none",
+        "consolidation.probe_states=0", "checkpoint.every=0", "eval.episodes=0", "logging.progress_bar=false",
+        "logging.log_every=1000000", f"device={args.device}"])
 
-    fused = rate(True)
-    return [("learner updates/s, batch 32, Nature CNN, Double DQN", "fp32, fused Adam", fused,
-             "fp32, per-parameter Adam", rate(False)),
-            ("learner updates/s, batch 32, Nature CNN, Double DQN", "bf16 autocast, fused Adam",
-             rate(True, "bf16"), "fp32, fused Adam", fused)]
+
+def _end_to_end_steps(args) -> tuple[int, int]:
+    """(agent steps, learning_starts) of one end-to-end run: long enough for a steady state."""
+    if args.device == "cpu":
+        return (3000, 1000) if args.quick else (7000, 1000)
+    return (8000, 2000) if args.quick else (40000, 8000)
+
+
+def steady_rate(config) -> float:
+    """Agent steps per second of a whole Trainer run, from its first update to its end (the steady state)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp))
+        first_update, apply = [], trainer.learner.apply
+
+        def timed_apply(loss):
+            if not first_update:
+                first_update.append((time.perf_counter(), trainer.progress.global_step))
+            return apply(loss)
+        trainer.learner.apply = timed_apply
+        if trainer.train() != 0:
+            raise RuntimeError("the end-to-end run failed")
+        _sync(trainer.device)
+        start, step = first_update[0]
+        return (trainer.progress.global_step - step) / (time.perf_counter() - start)
 
 
 def bench_end_to_end(args) -> list[tuple]:
-    steps = 3000 if args.quick else 12000
-    starts = 1000 if args.quick else 2000
-    base = load_config(ROOT / "configs" / "smoke.yaml", [
-        f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", "env.num_envs=8",
-        f"dqn.learning_starts={starts}", "dqn.train_every=4",
-        "replay.capacity_per_game=100000", "consolidation.method=none", "consolidation.probe_states=0",
-        "checkpoint.every=0", "eval.episodes=0", "logging.progress_bar=false", "logging.log_every=1000",
-        "device=cpu"])
-
-    def ours(num_envs: int, precision: str, total: int) -> float:
-        """Seconds for `total` agent steps."""
-        config = base.model_copy(deep=True)
-        config.env.num_envs = num_envs
-        config.dqn.precision = precision
-        config.schedule.steps_per_visit = total
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(config, Path(tmp))
-            start = time.perf_counter()
-            trainer.train()
-            return time.perf_counter() - start
-
-    def rates(run) -> tuple[float, float]:
-        """(whole run, steady state after learning starts) agent steps per second."""
-        whole, warm_up = run(steps), run(starts)
-        return steps / whole, (steps - starts) / max(whole - warm_up, 1e-9)
-
-    measured = {
-        "8 envs, fp32": rates(lambda n: ours(8, "fp32", n)),
-        "8 envs, bf16": rates(lambda n: ours(8, "bf16", n)),
-        "1 env, fp32": rates(lambda n: ours(1, "fp32", n)),
-    }
-    if _sb3_seconds(10, 5) is not None:
-        baseline_name, baseline = "Stable-Baselines3 DQN, 1 env", rates(lambda n: _sb3_seconds(n, starts))
-    else:
-        baseline_name, baseline = "this project, 1 env, fp32", measured["1 env, fp32"]
+    """Agent steps/s of the whole loop at 1 update per 4 agent steps, against SB3 DQN and the learner."""
+    steps, starts = _end_to_end_steps(args)
+    sb3 = _sb3_rate(args, steps, starts)
+    baseline = ("Stable-Baselines3 DQN, 1 env, fp32", sb3) if sb3 is not None else None
+    label = f"end-to-end agent steps/s, {args.device}, 1 update / 4 steps, steady state"
     rows = []
-    for column, label in ((0, f"{steps} steps incl. {starts} warm-up"), (1, "steady state, after learning starts")):
-        for name, values in measured.items():
-            rows.append((f"end-to-end agent steps/s, 1 update / 4 steps, {label}", name, values[column],
-                         baseline_name, baseline[column]))
+    for precision in ("fp32", "bf16"):
+        limit = 4 * _learner_rate(args, precision)
+        for num_envs in args.envs:
+            rate = steady_rate(_end_to_end_config(args, num_envs, precision))
+            name = f"{num_envs} envs, {precision}, overlapped"
+            if baseline:
+                rows.append((label, name, rate, *baseline))
+            rows.append((label, name, rate, f"learner-bound limit (4 x {precision} updates/s, same run)", limit))
+        if precision == "fp32":
+            sequential = steady_rate(_end_to_end_config(args, args.envs[0], precision, overlap=False))
+            rows.append((label, f"{args.envs[0]} envs, fp32, overlapped", rows[-1][2],
+                         f"{args.envs[0]} envs, fp32, sequential (env.overlap=false)", sequential))
     return rows
 
 
-def _sb3_seconds(steps: int, starts: int) -> float | None:
+def _sb3_rate(args, steps: int, starts: int) -> float | None:
+    """SB3 DQN's steady-state agent steps/s on the same settings (one env, its own Atari wrappers)."""
     try:
         import ale_py
         import gymnasium as gym
         from stable_baselines3 import DQN
         from stable_baselines3.common.atari_wrappers import AtariWrapper
+        from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
     except ImportError:
-        print("(Stable-Baselines3 not installed: pip install -e '.[bench]' for its row)", file=sys.stderr)
+        print("(Stable-Baselines3 not installed: pip install -e '.[bench]' for its rows)", file=sys.stderr)
         return None
     gym.register_envs(ale_py)
 
@@ -159,15 +182,87 @@ def _sb3_seconds(steps: int, starts: int) -> float | None:
         env = gym.make(f"ALE/{GAME}-v5", frameskip=1, repeat_action_probability=0.25, full_action_space=True)
         return AtariWrapper(env, frame_skip=4, terminal_on_life_loss=False)
 
+    class Clock(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == starts + 1:
+                self.start = time.perf_counter()
+            return True
+
+    steps = min(steps, starts + (5000 if args.device == "cpu" else 20000))
     env = VecFrameStack(DummyVecEnv([make]), 4)
     model = DQN("CnnPolicy", env, buffer_size=100_000, learning_starts=starts, train_freq=4, gradient_steps=1,
-                batch_size=32, target_update_interval=1000, optimize_memory_usage=False, device="cpu", seed=0,
+                batch_size=32, target_update_interval=1000, optimize_memory_usage=False, device=args.device, seed=0,
                 replay_buffer_kwargs={"handle_timeout_termination": False})
-    start = time.perf_counter()
-    model.learn(steps)
-    seconds = time.perf_counter() - start
+    clock = Clock()
+    model.learn(steps, callback=clock)
+    _sync(torch.device(args.device))
+    rate = (steps - starts - 1) / (time.perf_counter() - clock.start)
     env.close()
-    return seconds
+    return rate
+
+
+def bench_threads(args) -> list[tuple]:
+    """The learner and the loop with a competing busy process (one spinning core), against quiet,
+    and against OpenMP's default active wait (torch's default before this project set passive)."""
+    import subprocess
+
+    code = ("import os, sys, time, statistics; sys.path.insert(0, {root!r}); {first}"
+            "import torch; from scripts.bench import _batch; from agent.dqn import DQNLearner; "
+            "from agent.networks import QNetwork\n"
+            "b = _batch(32); L = DQNLearner(QNetwork(18), 1e-4, 1.5e-4, .99, True, 1., 10., True)\n"
+            "def go():\n    loss, _ = L.td_loss(b); L.apply(loss)\n"
+            "go(); rates = []; end = time.perf_counter() + {seconds}\n"
+            "while time.perf_counter() < end:\n"
+            "    t = time.perf_counter(); go(); rates.append(1 / (time.perf_counter() - t))\n"
+            "print(statistics.median(rates))")
+    seconds = 4 if args.quick else 10
+
+    def updates_per_second(passive: bool) -> float:
+        env = dict(os.environ)
+        env.pop("OMP_WAIT_POLICY", None)
+        script = code.format(root=str(ROOT), seconds=seconds, first="import agent; " if passive else "")
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[-1])
+
+    def busy(fn):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            return fn()
+        finally:
+            spinner.kill()
+
+    quiet = updates_per_second(True)
+    busy_passive, busy_active = busy(lambda: updates_per_second(True)), busy(lambda: updates_per_second(False))
+    config = _end_to_end_config(args, args.envs[0], "fp32")
+    loop_quiet = steady_rate(config)
+    loop_busy = busy(lambda: steady_rate(config))
+    threads = f"{torch.get_num_threads()} torch threads"
+    return [(f"learner updates/s, {threads}, 1 competing busy process", "passive wait (this project)", busy_passive,
+             "the same, quiet machine", quiet),
+            (f"learner updates/s, {threads}, 1 competing busy process", "passive wait (this project)", busy_passive,
+             "OpenMP's default active wait", busy_active),
+            (f"end-to-end agent steps/s, fp32, {args.envs[0]} envs, 1 competing busy process", "this project",
+             loop_busy, "the same, quiet machine", loop_quiet)]
+
+
+def bench_memory(args) -> list[tuple]:
+    """Peak resident memory of the quickstart config (the learner thinned to 1 update per 1,000 steps so
+    the run takes a minute): both games' replays filled, a Fisher, evaluations, checkpoints."""
+    import resource
+    import subprocess
+
+    per_visit = 3000 if args.quick else 12000
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"),
+               "--config", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", f"{tmp}/run",
+               f"schedule.steps_per_visit={per_visit}", "schedule.cycles=1",
+               "dqn.train_every=1000", "dqn.learning_starts=1000", "eval.episodes=2", "eval.max_episode_frames=2000",
+               "logging.progress_bar=false", f"device={args.device}"]
+        subprocess.run(cmd, check=True, capture_output=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+    replay = 2 * FrameReplay(20000, 8).nbytes
+    return [(f"peak resident MB, quickstart config, 2 games x {per_visit:,} steps (lower is better)",
+             "whole process", peak / 1e6, "its two replay buffers alone", replay / 1e6)]
 
 
 def bench_replay(args) -> list[tuple]:
@@ -320,7 +415,7 @@ def bench_signals(args) -> list[tuple]:
 
 BENCHES = {"env": bench_env, "learner": bench_learner, "end_to_end": bench_end_to_end, "replay": bench_replay,
            "fisher": bench_fisher, "penalty": bench_penalty, "checkpoint": bench_checkpoint,
-           "signals": bench_signals}
+           "signals": bench_signals, "threads": bench_threads, "memory": bench_memory}
 
 
 def main() -> None:
@@ -328,9 +423,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (learner and end-to-end rows)")
+    parser.add_argument("--envs", default="8", help="comma-separated env counts of the end-to-end rows")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="run N competing busy processes (one spinning core each) during the benchmarks")
     args = parser.parse_args()
+    args.envs = [int(n) for n in args.envs.split(",")]
     unknown = set(args.only.split(",")) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHES)}")
@@ -346,10 +444,14 @@ def main() -> None:
         for spinner in spinners:
             spinner.kill()
     print(f"\nMachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"device cpu, {args.busy} competing busy process(es)")
+          f"device {_device_name(args.device)}, {args.busy} competing busy process(es)")
     print("| measurement | this project | value | baseline | value | ratio |\n|---|---|---:|---|---:|---:|")
     for what, ours_name, ours, base_name, base in rows:
         print(f"| {what} | {ours_name} | {ours:,.1f} | {base_name} | {base:,.1f} | {ours / base:.2f}x |")
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 if __name__ == "__main__":

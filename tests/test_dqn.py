@@ -71,3 +71,64 @@ def test_epsilon_schedule_and_greedy_actions():
     greedy = net(torch.from_numpy(obs)).argmax(1).numpy()
     actions = epsilon_greedy(net, obs, 0.0, np.random.default_rng(1), torch.device("cpu"), 18)
     assert (actions == greedy).all()
+
+
+def _real_replay(game: str, vector_steps: int, rng: np.random.Generator):
+    from agent.replay import FrameReplay
+    from envs import make_vector_env
+
+    replay = FrameReplay(vector_steps * 8 + 64, 8)
+    env = make_vector_env(game, 8, num_threads=1)
+    obs = env.reset(seed=0)
+    for _ in range(vector_steps):
+        actions = rng.integers(18, size=8)
+        step = env.step(actions)
+        replay.add(obs, actions, step.reward, step.terminated, step.terminated | step.truncated, step.obs,
+                   mask=~step.was_reset)
+        obs = step.obs
+    env.close()
+    return replay
+
+
+def test_bf16_picks_the_fp32_greedy_action_on_real_states_of_a_trained_network():
+    """Under bf16 autocast the torso runs in bfloat16 but the Q head stays float32, so the greedy action
+    (acting, Double-DQN target, evaluation) agrees with float32. With the head in bfloat16 too, Q-values
+    near 10 (a state value of 10, as a trained agent's) are quantised to steps of 0.0625 and tie."""
+    rng = np.random.default_rng(0)
+    replay = _real_replay("Breakout", 250, rng)
+    torch.manual_seed(0)
+    learner = DQNLearner(QNetwork(18), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=False, precision="bf16")
+    for update in range(150):  # trained with bf16 autocast, as the bf16 runs train
+        loss, _ = learner.td_loss(replay.sample(32, rng))
+        learner.apply(loss)
+        if update % 50 == 49:
+            learner.sync_target()
+    net = learner.online
+    states = torch.from_numpy(replay.sample_states(1000, rng))
+
+    def agreement(net):
+        with torch.no_grad():
+            fp32 = net(states)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = net(states)
+                head_bf16 = net.net(states.float() / 255.0)  # the whole network in bfloat16
+        assert bf16.dtype == torch.float32
+        same = lambda q: (q.float().argmax(1) == fp32.argmax(1)).float().mean().item()  # noqa: E731
+        return same(bf16), same(head_bf16)
+
+    assert agreement(net)[0] >= 0.99
+    with torch.no_grad():
+        net.net[-1].bias += 10.0 - net(states).mean()  # the same advantages on a state value near 10
+    ours, whole_bf16 = agreement(net)
+    assert ours >= 0.99
+    assert whole_bf16 < 0.5  # what the head in bfloat16 did: the check can fail
+
+    # The Double-DQN target's argmax and the actor's too: same actions as float32 on these states.
+    bf16_learner, fp32_learner = (DQNLearner(net, 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, False, precision)
+                                  for precision in ("bf16", "fp32"))
+    batch = replay.sample(256, rng)
+    assert torch.allclose(bf16_learner.targets(batch), fp32_learner.targets(batch), atol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        acted = epsilon_greedy(net, batch.next_obs.numpy(), 0.0, rng, torch.device("cpu"), 18)
+    fp32_acted = epsilon_greedy(net, batch.next_obs.numpy(), 0.0, rng, torch.device("cpu"), 18)
+    assert (acted == fp32_acted).mean() >= 0.99
