@@ -13,6 +13,8 @@ The Stable-Baselines3 row needs the `bench` extra (pip install -e ".[bench]").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -107,26 +109,27 @@ def bench_learner(args) -> list[tuple]:
             (what, "bf16 autocast (fp32 Q head), fused Adam", _learner_rate(args, "bf16"), "fp32, fused Adam", fused)]
 
 
-def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True):
+def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True, storage: str = "host"):
     steps, starts = _end_to_end_steps(args)
     return load_config(ROOT / "configs" / "smoke.yaml", [
         f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", f"env.num_envs={num_envs}",
         f"dqn.learning_starts={starts}", "dqn.train_every=4", f"dqn.precision={precision}",
-        f"env.overlap={overlap}", "replay.capacity_per_game=100000", "consolidation.method=none",
-        "consolidation.probe_states=0", "checkpoint.every=0", "eval.episodes=0", "logging.progress_bar=false",
-        "logging.log_every=1000000", f"device={args.device}"])
+        f"env.overlap={overlap}", f"replay.storage={storage}", "replay.capacity_per_game=100000",
+        "consolidation.method=none", "consolidation.probe_states=0", "checkpoint.every=0", "eval.episodes=0",
+        "logging.progress_bar=false", "logging.log_every=1000000", f"device={args.device}"])
 
 
 def _end_to_end_steps(args) -> tuple[int, int]:
     """(agent steps, learning_starts) of one end-to-end run: long enough for a steady state."""
     if args.device == "cpu":
         return (3000, 1000) if args.quick else (7000, 1000)
-    return (8000, 2000) if args.quick else (40000, 8000)
+    return (8000, 2000) if args.quick else (20000, 5000)
 
 
 def steady_rate(config) -> float:
     """Agent steps per second of a whole Trainer run, from its first update to its end (the steady state)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):  # the run's own progress lines
         trainer = Trainer(config, Path(tmp))
         first_update, apply = [], trainer.learner.apply
 
@@ -159,8 +162,13 @@ def bench_end_to_end(args) -> list[tuple]:
             rows.append((label, name, rate, f"learner-bound limit (4 x {precision} updates/s, same run)", limit))
         if precision == "fp32":
             sequential = steady_rate(_end_to_end_config(args, args.envs[0], precision, overlap=False))
-            rows.append((label, f"{args.envs[0]} envs, fp32, overlapped", rows[-1][2],
+            first = rows[1 if baseline else 0][2]
+            rows.append((label, f"{args.envs[0]} envs, fp32, overlapped", first,
                          f"{args.envs[0]} envs, fp32, sequential (env.overlap=false)", sequential))
+            if args.device != "cpu":
+                on_device = steady_rate(_end_to_end_config(args, args.envs[0], precision, storage="device"))
+                rows.append((label, f"{args.envs[0]} envs, fp32, replay.storage=device", on_device,
+                             f"{args.envs[0]} envs, fp32, replay in host memory", first))
     return rows
 
 
@@ -188,7 +196,7 @@ def _sb3_rate(args, steps: int, starts: int) -> float | None:
                 self.start = time.perf_counter()
             return True
 
-    steps = min(steps, starts + (5000 if args.device == "cpu" else 20000))
+    steps = min(steps, starts + (5000 if args.device == "cpu" else 10000))
     env = VecFrameStack(DummyVecEnv([make]), 4)
     model = DQN("CnnPolicy", env, buffer_size=100_000, learning_starts=starts, train_freq=4, gradient_steps=1,
                 batch_size=32, target_update_interval=1000, optimize_memory_usage=False, device=args.device, seed=0,

@@ -22,8 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# isort: off
+import agent  # noqa: E402, F401  (first: OpenMP's passive wait, see agent/__init__.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+# isort: on
 
 from agent.replay import FrameReplay  # noqa: E402
 
