@@ -52,6 +52,7 @@ class Consolidator:
         # key (a game, or ONLINE) -> {"params": theta*, "importance": F}
         self.anchors: dict[str, dict[str, Tensors]] = {}
         self._combined: tuple[str | None, Tensors, Tensors, float] | None = None
+        self.version = 0  # changes whenever the anchors do (a captured CUDA graph of the penalty is then stale)
 
     @property
     def needs_states(self) -> bool:
@@ -92,6 +93,7 @@ class Consolidator:
             self.anchors.pop(game, None)  # a revisit refreshes: the anchor moves to the newest place
             self.anchors[game] = {"params": params, "importance": importance}
         self._combined = None
+        self.version += 1
         return stats
 
     def _normalized(self, fisher: Tensors) -> Tensors:
@@ -144,6 +146,7 @@ class Consolidator:
                               for part, tensors in anchor.items()}
                         for key, anchor in state["anchors"].items()}
         self._combined = None
+        self.version += 1
 
 
 def fisher_statistics(fisher: Tensors) -> dict[str, float]:

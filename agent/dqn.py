@@ -34,7 +34,7 @@ class DQNLearner:
 
     def __init__(self, network: nn.Module, learning_rate: float, adam_eps: float, gamma: float,
                  double_dqn: bool, huber_delta: float, max_grad_norm: float, clip_rewards: bool,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", capturable: bool = False):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"Unknown precision {precision!r}: use 'fp32' or 'bf16'.")
         self.online = network
@@ -51,11 +51,16 @@ class DQNLearner:
         self.device_type, self.bf16 = device.type, precision == "bf16"
         # The fused kernel does the whole Adam step in one pass (about 10% of an update on CPU).
         fused = "fused" in inspect.signature(torch.optim.Adam).parameters and device.type in ("cuda", "cpu")
+        # capturable: Adam's step counts live on the GPU, so the step can be captured in a CUDA graph.
+        self.capturable = capturable
         self.optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate, eps=adam_eps,
-                                          **({"fused": True} if fused else {}))
+                                          **({"fused": True} if fused else {}),
+                                          **({"capturable": True} if capturable else {}))
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+        # A CUDA graph cannot keep autocast's cache of cast weights (they would be stale on replay).
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16,
+                              cache_enabled=False if self.capturable else None)
 
     def targets(self, batch: Batch) -> torch.Tensor:
         rewards = batch.rewards.clamp(-1.0, 1.0) if self.clip_rewards else batch.rewards

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import math
 import random
 import signal
@@ -36,6 +37,7 @@ from agent.console import Console
 from agent.consolidation import ONLINE, Consolidator
 from agent.dqn import DQNLearner, linear_epsilon, per_sample_td_loss
 from agent.evaluation import evaluate_games
+from agent.graphed import GraphedUpdate, eager_update
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
@@ -44,7 +46,7 @@ from envs import NUM_ACTIONS, derive_seed
 EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads", "env.overlap",
-                     "env.num_threads", "replay.storage",
+                     "env.num_threads", "replay.storage", "dqn.cuda_graph",
                      "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
 
 
@@ -86,11 +88,15 @@ class Trainer:
 
         self.network = QNetwork(NUM_ACTIONS, config.network.architecture).to(self.device)
         dqn = config.dqn
+        graphed = dqn.cuda_graph and self.device.type == "cuda"
         self.learner = DQNLearner(self.network, dqn.learning_rate, dqn.adam_eps, dqn.gamma, dqn.double_dqn,
-                                  dqn.huber_delta, dqn.max_grad_norm, dqn.clip_rewards, dqn.precision)
+                                  dqn.huber_delta, dqn.max_grad_norm, dqn.clip_rewards, dqn.precision,
+                                  capturable=graphed)
         cons = config.consolidation
         self.consolidator = Consolidator(cons.method, cons.lambda_, cons.fisher_estimator, cons.normalize,
                                          cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size)
+        self.update = GraphedUpdate(self.learner, self.consolidator) if graphed else \
+            functools.partial(eager_update, self.learner, self.consolidator)
         self.probe = RetentionProbe()
         self.replays: dict[str, FrameReplay] = {}
         self.progress = Progress(eval_due=True)  # a new run owes the untrained network's scores (step 0)
@@ -255,12 +261,8 @@ class Trainer:
         while progress.update_credit >= 1:
             progress.update_credit -= 1
             batch = replay.sample(dqn.batch_size, self.rng, self.device)
-            td_loss, q_mean = self.learner.td_loss(batch)
-            penalty = self.consolidator.penalty(self.network, current_game=game)
-            loss = td_loss + penalty
-            self.learner.apply(loss)
+            self._window.add_update(*self.update(batch, game))
             progress.updates += 1
-            self._window.add_update(td_loss.detach(), q_mean, penalty.detach())
         if progress.global_step - progress.last_target_sync >= dqn.target_update_every:
             self.learner.sync_target()
             progress.last_target_sync = progress.global_step
@@ -492,8 +494,8 @@ class _Window:
         self.time, self.step = now, step
 
     def add_update(self, td_loss: torch.Tensor, q_mean: torch.Tensor, penalty: torch.Tensor) -> None:
-        values = [td_loss, q_mean, penalty]
-        self.sums = values if self.sums is None else [a + b for a, b in zip(self.sums, values)]
+        values = [td_loss, q_mean, penalty]  # a CUDA graph's outputs: overwritten by the next update
+        self.sums = [v.clone() for v in values] if self.sums is None else [a + b for a, b in zip(self.sums, values)]
         self.count += 1
 
     def flush(self, step: int) -> dict[str, float]:

@@ -32,6 +32,7 @@ from agent.config import load_config  # noqa: E402
 from agent.consolidation import Consolidator  # noqa: E402
 from agent.dqn import DQNLearner  # noqa: E402
 from agent.fisher import estimate_fisher  # noqa: E402
+from agent.graphed import GraphedUpdate, eager_update  # noqa: E402
 from agent.networks import QNetwork  # noqa: E402
 from agent.replay import Batch, FrameReplay  # noqa: E402
 from agent.trainer import Trainer  # noqa: E402
@@ -78,20 +79,24 @@ def _batch(n: int) -> Batch:
                  torch.zeros(n), frames())
 
 
-def _learner_rate(args, precision: str = "fp32", fused: bool = True, updates: int | None = None) -> float:
+def _learner_rate(args, precision: str = "fp32", fused: bool = True, updates: int | None = None,
+                  graphed: bool = False) -> float:
     """Updates per second of the DQN learner (batch 32, Nature CNN, Double DQN) on args.device."""
     device = torch.device(args.device)
     updates = updates or (20 if args.quick else 60) * (10 if device.type == "cuda" else 1)
     batch = Batch(*(t.to(device) for t in vars(_batch(32)).values()))
     torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(NUM_ACTIONS).to(device), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision)
+    learner = DQNLearner(QNetwork(NUM_ACTIONS).to(device), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision,
+                         capturable=graphed)
     if not fused:
         learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
+    consolidator = Consolidator("none")
+    update = GraphedUpdate(learner, consolidator) if graphed else \
+        (lambda batch, game: eager_update(learner, consolidator, batch, game))
 
     def go():
         for _ in range(updates):
-            loss, _ = learner.td_loss(batch)
-            learner.apply(loss)
+            update(batch, GAME)
         _sync(device)
     go()  # warm-up
     return updates / median_time(go, args.repeats)
@@ -105,8 +110,12 @@ def _sync(device: torch.device) -> None:
 def bench_learner(args) -> list[tuple]:
     fused = _learner_rate(args)
     what = f"learner updates/s, batch 32, Nature CNN, Double DQN, {args.device}"
-    return [(what, "fp32, fused Adam", fused, "fp32, per-parameter Adam", _learner_rate(args, fused=False)),
+    rows = [(what, "fp32, fused Adam", fused, "fp32, per-parameter Adam", _learner_rate(args, fused=False)),
             (what, "bf16 autocast (fp32 Q head), fused Adam", _learner_rate(args, "bf16"), "fp32, fused Adam", fused)]
+    if args.device != "cpu":
+        rows += [(what, f"{precision}, one CUDA graph per update", _learner_rate(args, precision, graphed=True),
+                  "fp32, fused Adam, eager", fused) for precision in ("fp32", "bf16")]
+    return rows
 
 
 def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True, storage: str = "host"):
@@ -115,6 +124,7 @@ def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True
         f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", f"env.num_envs={num_envs}",
         f"dqn.learning_starts={starts}", "dqn.train_every=4", f"dqn.precision={precision}",
         f"env.overlap={overlap}", f"replay.storage={storage}", "replay.capacity_per_game=100000",
+        f"dqn.cuda_graph={args.cuda_graph}",
         "consolidation.method=none", "consolidation.probe_states=0", "checkpoint.every=0", "eval.episodes=0",
         "logging.progress_bar=false", "logging.log_every=1000000", f"device={args.device}"])
 
@@ -148,27 +158,28 @@ def steady_rate(config) -> float:
 def bench_end_to_end(args) -> list[tuple]:
     """Agent steps/s of the whole loop at 1 update per 4 agent steps, against SB3 DQN and the learner."""
     steps, starts = _end_to_end_steps(args)
-    sb3 = _sb3_rate(args, steps, starts)
+    sb3 = None if args.no_sb3 else _sb3_rate(args, steps, starts)
     baseline = ("Stable-Baselines3 DQN, 1 env, fp32", sb3) if sb3 is not None else None
     label = f"end-to-end agent steps/s, {args.device}, 1 update / 4 steps, steady state"
     rows = []
-    for precision in ("fp32", "bf16"):
-        limit = 4 * _learner_rate(args, precision)
+    graph = ", CUDA graph" if args.cuda_graph else ""
+    for precision in args.precisions:
+        limit = 4 * _learner_rate(args, precision, graphed=args.cuda_graph)
         for num_envs in args.envs:
             rate = steady_rate(_end_to_end_config(args, num_envs, precision))
-            name = f"{num_envs} envs, {precision}, overlapped"
+            name = f"{num_envs} envs, {precision}, overlapped{graph}"
             if baseline:
                 rows.append((label, name, rate, *baseline))
-            rows.append((label, name, rate, f"learner-bound limit (4 x {precision} updates/s, same run)", limit))
+            rows.append((label, name, rate, f"learner-bound limit (4 x {precision}{graph} updates/s, same run)", limit))
         if precision == "fp32":
             sequential = steady_rate(_end_to_end_config(args, args.envs[0], precision, overlap=False))
             first = rows[1 if baseline else 0][2]
-            rows.append((label, f"{args.envs[0]} envs, fp32, overlapped", first,
-                         f"{args.envs[0]} envs, fp32, sequential (env.overlap=false)", sequential))
+            rows.append((label, f"{args.envs[0]} envs, fp32, overlapped{graph}", first,
+                         f"{args.envs[0]} envs, fp32, sequential (env.overlap=false){graph}", sequential))
             if args.device != "cpu":
                 on_device = steady_rate(_end_to_end_config(args, args.envs[0], precision, storage="device"))
-                rows.append((label, f"{args.envs[0]} envs, fp32, replay.storage=device", on_device,
-                             f"{args.envs[0]} envs, fp32, replay in host memory", first))
+                rows.append((label, f"{args.envs[0]} envs, fp32, replay.storage=device{graph}", on_device,
+                             f"{args.envs[0]} envs, fp32, replay in host memory{graph}", first))
     return rows
 
 
@@ -433,10 +444,14 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (learner and end-to-end rows)")
     parser.add_argument("--envs", default="8", help="comma-separated env counts of the end-to-end rows")
+    parser.add_argument("--precisions", default="fp32,bf16", help="precisions of the end-to-end rows")
+    parser.add_argument("--cuda-graph", action="store_true", help="end-to-end runs with dqn.cuda_graph=true")
+    parser.add_argument("--no-sb3", action="store_true", help="leave out the Stable-Baselines3 rows")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="run N competing busy processes (one spinning core each) during the benchmarks")
     args = parser.parse_args()
     args.envs = [int(n) for n in args.envs.split(",")]
+    args.precisions = args.precisions.split(",")
     unknown = set(args.only.split(",")) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHES)}")

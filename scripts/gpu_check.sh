@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA checks of this project, in one run on a GPU machine (python3 with torch there; gymnasium,
 # ale-py, pydantic and SB3 carried as wheels in .whl/). Writes its log to $OUT/gpu.log when OUT is set.
-#   bash scripts/gpu_check.sh            # everything (about 8 minutes on one H100/H200)
+#   bash scripts/gpu_check.sh            # runs, resumes and benchmarks (about 7 minutes on one H200)
+#   bash scripts/gpu_check.sh graph      # the CUDA-graphed update: tests, a run and its benchmarks (about 4)
 set -u
+STAGE=${1:-all}
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -13,6 +15,20 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, gymnasium, ale_py, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cpus', os.cpu_count())"
 
+if [ "$STAGE" = graph ]; then
+  echo "== CUDA-graph tests"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_graphed.py tests/test_replay.py -k "cuda or graph"
+  R=/tmp/gpu-runs; rm -rf $R; mkdir -p $R
+  echo "== smoke (EWC, 2 games) with dqn.cuda_graph=true and replay.storage=device, then resumed for a 2nd cycle"
+  timeout 120 python3 scripts/train.py --config configs/smoke.yaml --run-dir $R/g device=cuda dqn.cuda_graph=true \
+    replay.storage=device logging.progress_bar=false > $R/g.log 2>&1; echo "exit: $?"; tail -4 $R/g.log
+  timeout 120 python3 scripts/train.py --resume $R/g schedule.cycles=2 logging.progress_bar=false > $R/g2.log 2>&1
+  echo "resume exit: $?"; tail -2 $R/g2.log; cat $R/g/eval.csv
+  echo "== benchmarks, CUDA graph"
+  timeout 300 python3 scripts/bench.py --device cuda --envs 8,16,32 --precisions fp32 --cuda-graph \
+    --only learner,end_to_end --repeats 3
+  exit 0
+fi
 echo "== replay tests on cuda"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_replay.py -k cuda
 
