@@ -130,10 +130,11 @@ class DQNConfig(_Section):
     clip_rewards: bool = True
     """Clip rewards to [-1, 1] in the learner (logged returns stay raw)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast the update's forward passes to bfloat16 (about 2x faster on CPUs with AVX512-BF16/AMX
-    and on recent GPUs; slower on CPUs without). Fisher, penalty and optimiser stay float32."""
-    cuda_graph: bool = False
-    """On CUDA, run each update as one captured CUDA graph (launch overhead gone; ignored on the CPU)."""
+    """bf16: autocast the update's and the actor's forward passes to bfloat16 (about 2x faster on CPUs with
+    AVX512-BF16/AMX; no faster on an H200 at batch 32). The Q head, every argmax, the Fisher, the penalty and
+    the optimiser stay float32."""
+    cuda_graph: bool = True
+    """On CUDA, run each update as one captured CUDA graph (8x more updates/s on an H200); ignored on the CPU."""
 
 
 class EpsilonConfig(_Section):

@@ -35,33 +35,41 @@ def test_graphed_update_needs_a_capturable_learner():
         GraphedUpdate(_learner("cpu", False), Consolidator("none"))
 
 
+def _trajectory(learner, consolidator, update, batches):
+    """(TD loss, penalty) of every update, with a new anchor half-way (a game switch: a recapture)."""
+    out = []
+    for i, batch in enumerate(batches):
+        if i == len(batches) // 2:
+            consolidator.consolidate("a", learner.online)
+        if i % 10 == 9:
+            learner.sync_target()
+        td_loss, _, penalty = update(batch, "b" if i >= len(batches) // 2 else "a")
+        out.append((float(td_loss), float(penalty)))
+    return np.array(out)
+
+
 @cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_graphed_updates_follow_the_eager_ones_through_a_new_anchor(precision):
+    """Two eager runs on the GPU differ already (cuDNN's backward kernels add in a varying order, and Adam
+    amplifies it: about 0.4% after 20 updates on an H200); the graphed run must stay within that noise,
+    where a stale input, anchor or gradient would put it off by orders of magnitude."""
     device = torch.device("cuda")
-    eager, graphed = _learner(device, False, precision), _learner(device, True, precision)
-    cons_eager, cons_graphed = Consolidator("l2", lambda_=5.0), Consolidator("l2", lambda_=5.0)
-    update = GraphedUpdate(graphed, cons_graphed)
-    losses = []
-    for i, batch in enumerate(_batches(40, device)):
-        if i == 20:  # a game switch: a new anchor, a recapture
-            cons_eager.consolidate("a", eager.online)
-            cons_graphed.consolidate("a", graphed.online)
-        if i % 10 == 9:
-            eager.sync_target()
-            graphed.sync_target()
-        game = "b" if i >= 20 else "a"
-        a = eager_update(eager, cons_eager, batch, game)
-        b = update(batch, game)
-        losses.append((float(a[0]), float(b[0]), float(a[2]), float(b[2])))
+    batches = list(_batches(40, device))
+    runs = []
+    for graphed in (False, False, True):
+        learner, consolidator = _learner(device, graphed, precision), Consolidator("l2", lambda_=5.0)
+        update = GraphedUpdate(learner, consolidator) if graphed else \
+            (lambda batch, game, learner=learner, consolidator=consolidator:
+             eager_update(learner, consolidator, batch, game))
+        runs.append(_trajectory(learner, consolidator, update, batches))
     assert update.captures == 2
-    losses = np.array(losses)
-    tol = 1e-4 if precision == "fp32" else 2e-2
-    np.testing.assert_allclose(losses[:, 1], losses[:, 0], rtol=tol, atol=tol)
-    np.testing.assert_allclose(losses[:, 3], losses[:, 2], rtol=tol, atol=tol)
-    assert losses[20:, 2].max() > 0  # the penalty was on after the switch
-    for p, q in zip(eager.online.parameters(), graphed.online.parameters()):
-        torch.testing.assert_close(q, p, rtol=tol * 10, atol=tol)
+    eager, eager_again, graphed = runs
+    assert graphed[21:, 1].min() > 0 and graphed[:21, 1].max() == 0  # on once the weights left the new anchor
+    noise = np.abs(eager_again - eager).max(axis=0) / np.abs(eager).max(axis=0)
+    off = np.abs(graphed - eager).max(axis=0) / np.abs(eager).max(axis=0)
+    floor = 1e-2 if precision == "fp32" else 3e-2
+    assert (off <= np.maximum(5 * noise, floor)).all(), (off, noise)
 
 
 @cuda
