@@ -1,61 +1,133 @@
-"""CORA metrics on a hand-made eval.csv equal hand-computed values; the report writes its files."""
+"""CORA's metrics on hand-made eval.csv files equal hand-computed values; report.py writes them."""
 
 import json
 
 import pytest
 from scripts_helper import report_main
 
-from agent.metrics import EvalLog, MetricsError, compute_metrics, max_abs_returns
+from agent.metrics import EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run, trailing_mean
 
-ROWS = """step,visit,trained_game,game,mean_return,std_return,episodes,human_normalized
-0,0,A,A,0,0,3,
-0,0,A,B,10,0,3,
-100,0,A,A,50,0,3,
-100,0,A,B,5,0,3,
-150,1,B,A,45,0,3,
-150,1,B,B,20,0,3,
-200,1,B,A,20,0,3,
-200,1,B,B,40,0,3,
-300,2,A,A,60,0,3,
-300,2,A,B,30,0,3,
-"""
+HEADER = "step,visit,trained_game,game,mean_return,std_return,episodes,human_normalized\n"
+# Three games x two cycles, 100 steps a visit: A (0-100), B (100-200), C (200-300), A, B, C (500-600).
+# Evaluations at the start, at every switch, and in the middle of the first two visits (50, 150).
+#        step: (A,    B,   C)
+RETURNS = {0: (10, 5, 20), 50: (40, 0, 20), 100: (80, -10, 40), 150: (60, 10, 30), 200: (30, 25, 60),
+           300: (20, 15, 100), 400: (100, 5, 80), 500: (50, 40, 50), 600: (70, -50, 200)}
+# Normalised by the largest absolute return per game: A / 100, B / 50 (the -50), C / 200:
+#   step:   0    50   100   150   200   300   400   500   600
+#   A     .10  .40   .80   .60   .30   .20  1.00   .50   .70
+#   B     .10  .00  -.20   .20   .50   .30   .10   .80 -1.00
+#   C     .10  .10   .20   .15   .30   .50   .40   .25  1.00
 
 
-@pytest.fixture
-def run(tmp_path):
-    directory = tmp_path / "run"
-    directory.mkdir()
-    (directory / "eval.csv").write_text(ROWS)
+def eval_csv(order, steps=RETURNS, per_visit=100):
+    """eval.csv rows as the trainer writes them: an evaluation belongs to the visit it ends or falls in."""
+    lines = [HEADER]
+    for step, returns in steps.items():
+        visit = max(0, (step - 1) // per_visit)
+        for game, value in zip("ABC", returns):
+            lines.append(f"{step},{visit},{order[visit]},{game},{value},0,10,{value / 10}\n")
+    return "".join(lines)
+
+
+def write_run(directory, text, steps_per_visit=100, method="ewc"):
+    directory.mkdir(parents=True)
+    (directory / "eval.csv").write_text(text)
+    if steps_per_visit is not None:
+        (directory / "config.yaml").write_text(
+            f"schedule:\n  games: [A, B, C]\n  steps_per_visit: {steps_per_visit}\n  cycles: 2\n"
+            f"consolidation:\n  method: {method}\n")
     return directory
 
 
-def test_metrics_by_hand(run):
-    log = EvalLog.read(run / "eval.csv")
+@pytest.fixture
+def cyclic(tmp_path):
+    return write_run(tmp_path / "cyclic", eval_csv("ABCABC"))
+
+
+def test_cora_metrics_by_hand(cyclic):
+    log = read_run(cyclic)
     scale = max_abs_returns([log])
-    assert scale == {"A": 60, "B": 40}
+    assert scale == {"A": 100, "B": 50, "C": 200}
     m = compute_metrics(log, scale)
-    assert [v["end_step"] for v in m["visits"]] == [100, 200, 300]
-    # Forgetting: A after visit 0 (50/60) minus after visit 1 (20/60); B after visit 1 (1) minus after visit 2 (.75).
-    assert [f["value"] for f in m["forgetting"]] == pytest.approx([0.5, 0.25])
-    # Forward transfer: B at the end of visit 0 minus at its start (5/40 - 10/40); A: 20/60 - 50/60.
-    assert [t["value"] for t in m["forward_transfer"]] == pytest.approx([-0.125, -0.5])
-    assert m["final_performance"] == pytest.approx({"A": 1.0, "B": 0.75})
-    assert m["mean_final_performance"] == pytest.approx(0.875)
-    first, second = m["matrix"]["values"]
-    assert first == pytest.approx([50 / 60, 20 / 60, 1.0]) and second == pytest.approx([5 / 40, 1.0, 0.75])
+    assert [(v["game"], v["start_step"], v["end_step"], v["finished"]) for v in m["visits"]] == [
+        ("A", 0, 100, True), ("B", 100, 200, True), ("C", 200, 300, True),
+        ("A", 300, 400, True), ("B", 400, 500, True), ("C", 500, 600, True)]
+    assert m["first_cycle"] == ["A", "B", "C"]
+    # Isolated forgetting of T by S: T before S's visit minus T at its end (the first cycle only).
+    #   A by B: A(100) - A(200) = .8 - .3 = .5     A by C: A(200) - A(300) = .3 - .2 = .1
+    #   B by C: B(200) - B(300) = .5 - .3 = .2     mean (.5 + .1 + .2) / 3 = .8 / 3
+    assert m["forgetting"] == {"A": {"B": pytest.approx(0.5), "C": pytest.approx(0.1)}, "B": {"C": pytest.approx(0.2)}}
+    assert m["mean_forgetting"] == pytest.approx(0.8 / 3)
+    # Zero-shot transfer to T from P: T at the end of P's visit minus T before it (the run's first evaluation
+    # for the first game); the middle evaluations (50, 150) are not the end of a visit.
+    #   B from A: B(100) - B(0) = -.2 - .1 = -.3   C from A: C(100) - C(0) = .2 - .1 = .1
+    #   C from B: C(200) - C(100) = .3 - .2 = .1   mean (-.3 + .1 + .1) / 3 = -.1 / 3
+    assert m["forward_transfer"] == {"B": {"A": pytest.approx(-0.3)},
+                                     "C": {"A": pytest.approx(0.1), "B": pytest.approx(0.1)}}
+    assert m["mean_forward_transfer"] == pytest.approx(-0.1 / 3)
+    # The second cycle changes nothing above; the final scores are those at step 600.
+    assert m["final_performance"] == pytest.approx({"A": 0.7, "B": -1.0, "C": 1.0})
+    assert m["final_human_normalized"] == pytest.approx({"A": 7.0, "B": -5.0, "C": 20.0})
+    assert m["mean_final_human_normalized"] == pytest.approx(22 / 3)
+    assert m["matrix"]["values"][0] == pytest.approx([0.8, 0.3, 0.2, 1.0, 0.5, 0.7])
 
 
-def test_report_writes_metrics_and_plots(run, tmp_path):
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "eval.csv").write_text(ROWS.replace(",60,0,3", ",120,0,3"))
+def test_report_reproduces_cora_metrics(cyclic, tmp_path):
     out = tmp_path / "report"
-    assert report_main([str(run), str(other), "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [m["run"] for m in metrics] == ["run", "other"]
-    assert metrics[0]["normalisation"]["A"] == 120  # one scale shared by the compared runs
-    for name in ("curves.png", "matrix_run.png", "matrix_other.png"):
+    assert report_main([str(cyclic), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mean_forgetting"] == pytest.approx(0.8 / 3)
+    assert m["mean_forward_transfer"] == pytest.approx(-0.1 / 3)
+    assert m["forgetting"]["A"]["C"] == pytest.approx(0.1)
+    assert m["forward_transfer"]["C"]["B"] == pytest.approx(0.1)
+    for name in ("curves.png", "matrix_cyclic.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+def test_smoothing_comes_before_normalisation(cyclic):
+    # A's returns 10 40 80 60 30 20 100 50 70; trailing means over 3: 10 25 130/3 60 170/3 110/3 50 170/3 220/3.
+    # Largest: 220/3. Forgetting of A by B: (130/3 - 170/3) / (220/3) = -40/220.
+    log = read_run(cyclic)
+    assert trailing_mean(log.series("A")[1], 3) == pytest.approx([10, 25, 130 / 3, 60, 170 / 3, 110 / 3, 50,
+                                                                   170 / 3, 220 / 3])
+    m = compute_metrics(log, max_abs_returns([log], smoothing=3), smoothing=3)
+    assert m["normalisation"]["A"] == pytest.approx(220 / 3)
+    assert m["forgetting"]["A"]["B"] == pytest.approx(-40 / 220)
+    assert compute_metrics(log, max_abs_returns([log]))["forgetting"]["A"]["B"] == pytest.approx(0.5)  # off by default
+
+
+def test_unfinished_visits_enter_no_metric(tmp_path):
+    # Stopped at step 250, in the middle of C's first visit: nothing about C's visit yet.
+    partial = {s: r for s, r in RETURNS.items() if s <= 200} | {250: (25, 20, 90)}
+    log = read_run(write_run(tmp_path / "partial", eval_csv("ABCABC", partial)))
+    m = compute_metrics(log, max_abs_returns([log]))
+    assert [(v["game"], v["end_step"], v["finished"]) for v in m["visits"]] == [
+        ("A", 100, True), ("B", 200, True), ("C", 250, False)]
+    assert m["forgetting"] == {"A": {"B": pytest.approx((80 - 30) / 80)}}  # A's largest return is now 80
+    assert set(m["forward_transfer"]) == {"B", "C"} and set(m["forward_transfer"]["C"]) == {"A", "B"}
+    assert m["matrix"]["columns"] == ["0: A", "1: B"]
+    # Without a config the length of a visit is unknown: the last one counts as unfinished.
+    log = read_run(write_run(tmp_path / "no_config", eval_csv("ABCABC"), steps_per_visit=None))
+    assert [v.finished for v in log.visit_table()] == [True] * 5 + [False]
+    # A single cycle whose last visit has run its steps is finished.
+    one_cycle = {s: r for s, r in RETURNS.items() if s <= 300}
+    log = read_run(write_run(tmp_path / "one_cycle", eval_csv("ABC", one_cycle)))
+    assert [v.finished for v in log.visit_table()] == [True] * 3
+    assert set(compute_metrics(log, max_abs_returns([log]))["forgetting"]["A"]) == {"B", "C"}
+
+
+def test_any_visit_order_with_revisits(tmp_path):
+    # B, A, B, C, A, C: the first cycle is B (visit 0), A (1), C (3); B's revisit (2) lies between A and C.
+    log = read_run(write_run(tmp_path / "shuffled", eval_csv("BABCAC")))
+    m = compute_metrics(log, max_abs_returns([log]))
+    assert m["first_cycle"] == ["B", "A", "C"]
+    # B by A: B(100) - B(200) = -.2 - .5 = -.7; B by C: B(300) - B(400) = .3 - .1 = .2; A by C: .2 - 1 = -.8
+    assert m["forgetting"] == {"B": {"A": pytest.approx(-0.7), "C": pytest.approx(0.2)},
+                               "A": {"C": pytest.approx(-0.8)}}
+    # A from B: A(100) - A(0) = .7; C from B: C(100) - C(0) = .1; C from A: C(200) - C(100) = .1
+    assert m["forward_transfer"] == {"A": {"B": pytest.approx(0.7)},
+                                     "C": {"B": pytest.approx(0.1), "A": pytest.approx(0.1)}}
 
 
 def test_missing_or_malformed_eval_csv(tmp_path):
@@ -66,3 +138,6 @@ def test_missing_or_malformed_eval_csv(tmp_path):
     with pytest.raises(MetricsError, match="columns"):
         EvalLog.read(bad)
     assert report_main([str(tmp_path)]) == 2
+    bad.write_text(HEADER + "0,0,A,A,1,0,1,\n100,0,B,A,1,0,1,\n")
+    with pytest.raises(MetricsError, match="exactly one game"):
+        EvalLog.read(bad).visit_table()
