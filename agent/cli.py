@@ -167,7 +167,8 @@ def check_output(output: Path) -> None:
         run = owned_by_run(target)
         if run is not None:
             raise ConfigError(f"--output {output} would write {target}, which belongs to the record of the run in "
-                              f"{run} (training writes eval.csv, config.yaml, tb/, checkpoints/, milestones/). "
+                              f"{run} (training writes eval.csv, config.yaml, schedule.json, tb/, checkpoints/, "
+                              "milestones/). "
                               f"Write the evaluation elsewhere, e.g. --output {run / 'evaluations' / 'final.json'}.")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -84,13 +85,23 @@ class EnvConfig(_Section):
         return backend
 
 
+# Names the schedule's stream among the seeds derived from the run's seed (evaluation's is 7919).
+ORDER_SEED_STREAM = 104_729
+
+
 class ScheduleConfig(_Section):
     games: list[str] = Field(min_length=1)
-    """Games in the order they are visited, e.g. [Breakout, Pong]."""
+    """The games, e.g. [Breakout, Pong]: visited in this order (order=cyclic) or in a seeded random one."""
     steps_per_visit: int = Field(gt=0)
     """Agent steps (summed over envs) spent on a game each time it is visited."""
     cycles: int = Field(1, gt=0)
-    """How many times the whole list of games is visited."""
+    """How many times every game is visited; a cycle visits each game once."""
+    order: Literal["cyclic", "random"] = "cyclic"
+    """cyclic: every cycle visits the games as listed. random (the EWC paper's random order with revisits): each
+    cycle is a random permutation of the games, drawn by numpy's default_rng(envs.derive_seed(seed, 104729, cycle,
+    attempt)) with attempt 0, 1, ... until the permutation does not start with the game that ended the previous
+    cycle (no game twice in a row). A function of seed, games and cycles only: a resume replays it, and raising
+    schedule.cycles appends cycles. The order is written to the run's schedule.json."""
 
     @field_validator("games")
     @classmethod
@@ -106,6 +117,24 @@ class ScheduleConfig(_Section):
     @property
     def total_steps(self) -> int:
         return self.steps_per_visit * len(self.games) * self.cycles
+
+    def visits(self, seed: int) -> list[str]:
+        """The game of every visit, in order (see `order`); `seed` is the run's seed."""
+        if self.order == "cyclic":
+            return self.games * self.cycles
+        import numpy as np
+
+        from envs.atari import derive_seed
+
+        visits: list[str] = []
+        for cycle in range(self.cycles):
+            for attempt in itertools.count():
+                rng = np.random.default_rng(derive_seed(seed, ORDER_SEED_STREAM, cycle, attempt))
+                permutation = [self.games[i] for i in rng.permutation(len(self.games))]
+                if not visits or len(self.games) == 1 or permutation[0] != visits[-1]:
+                    break
+            visits += permutation
+        return visits
 
 
 class NetworkConfig(_Section):

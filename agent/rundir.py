@@ -1,4 +1,4 @@
-"""The run directory is the run's record: config, eval.csv and TensorBoard events.
+"""The run directory is the run's record: config, visit order, eval.csv and TensorBoard events.
 
 Every point is written once. A checkpoint records how many bytes of eval.csv and of each
 event file it covers (the writer is flushed first); a resume from it cuts the files back
@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import os
 import re
 import time
@@ -22,7 +23,7 @@ import yaml
 
 EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 # The names a run keeps; evaluate.py refuses to write over any of them.
-RECORD_FILES = ("config.yaml", "eval.csv")
+RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv")
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
 
@@ -39,17 +40,31 @@ def replace_atomically(path: Path, data: bytes) -> None:
 def write_config(run_dir: Path, config: dict, step: int) -> None:
     """config.yaml holds the config in force; a changed one (a resume with new keys) keeps the old
     as config-until-step-<S>.yaml."""
-    path = run_dir / "config.yaml"
-    text = yaml.safe_dump(config, sort_keys=False)
+    _write_versioned(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False), step)
+
+
+def write_schedule(run_dir: Path, schedule: dict, step: int) -> None:
+    """schedule.json holds the visit order in force; a changed one (more cycles on resume) keeps the
+    old as schedule-until-step-<S>.json."""
+    _write_versioned(run_dir / "schedule.json", json.dumps(schedule, indent=1) + "\n", step)
+
+
+def read_schedule(run_dir: Path) -> dict | None:
+    path = run_dir / "schedule.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_versioned(path: Path, text: str, step: int) -> None:
+    """Write `path`; a different earlier version is kept as <stem>-until-step-<S><suffix>."""
     if path.exists():
         old = path.read_text()
         if old == text:
             return
-        kept = run_dir / f"config-until-step-{step:012d}.yaml"
+        kept = path.with_name(f"{path.stem}-until-step-{step:012d}{path.suffix}")
         for again in itertools.count(1):  # never over an earlier one (resumed twice at the same step)
             if not kept.exists():
                 break
-            kept = run_dir / f"config-until-step-{step:012d}.{again}.yaml"
+            kept = path.with_name(f"{path.stem}-until-step-{step:012d}.{again}{path.suffix}")
         replace_atomically(kept, old.encode())
     replace_atomically(path, text.encode())
 
@@ -121,7 +136,7 @@ def owned_by_run(path: Path) -> Path | None:
     """The run directory whose record `path` would overwrite, or None."""
     path = path.resolve()
     parent = path.parent
-    if (path.name in RECORD_FILES or path.name.startswith(("config-until-step-", "crash-"))) \
+    if (path.name in RECORD_FILES or path.name.startswith(("config-until-step-", "schedule-until-step-", "crash-"))) \
             and holds_run(parent):
         return parent
     for ancestor in path.parents:

@@ -100,7 +100,7 @@ class Trainer:
         self.probe = RetentionProbe()
         self.replays: dict[str, FrameReplay] = {}
         self.progress = Progress(eval_due=True)  # a new run owes the untrained network's scores (step 0)
-        self.visits = [game for _ in range(config.schedule.cycles) for game in config.schedule.games]
+        self.visits = config.schedule.visits(config.seed)
         self.settings = config.env.atari_settings()
         self.resumed = checkpoint is not None
         self._record: dict[str, int] | None = {}  # bytes of eval.csv and event files the checkpoint covers
@@ -193,6 +193,7 @@ class Trainer:
                     milestone.unlink()
                     milestone.with_suffix(".done").unlink()
         rundir.write_config(self.run_dir, self.config.to_dict(), step)
+        rundir.write_schedule(self.run_dir, self._schedule_record(), step)
         if not self.resumed:
             self.save()  # from now on the run can be resumed, even if killed during its first evaluation
         rundir.wait_for_new_event_file_time(self.run_dir)
@@ -399,15 +400,23 @@ class Trainer:
         lines = [f"Finished {progress.global_step:,} agent steps ({len(self.visits)} visits, {progress.updates:,} "
                  f"updates) in {_hours(progress.seconds)} of training"
                  + (f", {_hours(self._session_seconds())} in this session." if self.resumed else ".")]
+        lines.append("Order: " + _order_text(self.visits, len(self.config.schedule.games)))
         if self.last_scores:
             lines.append("Final evaluation (mean return): " + ", ".join(f"{game} {score:.1f}"
                                                                       for game, score in self.last_scores.items()))
         lines += [f"Run directory: {self.run_dir}",
                   f"  eval.csv     every evaluation; report: python scripts/report.py {self.run_dir}",
+                  "  schedule.json the game of every visit",
                   f"  tb/          TensorBoard: tensorboard --logdir {self.run_dir}",
                   "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",
                   f"  evaluate:    python scripts/evaluate.py --checkpoint {self.run_dir} --episodes 10"]
         self.console.line("\n".join(lines))
+
+    def _schedule_record(self) -> dict:
+        """schedule.json: which game each visit trains (eval.csv's `visit` column indexes `visits`)."""
+        schedule = self.config.schedule
+        return {"order": schedule.order, "seed": self.config.seed, "games": schedule.games,
+                "cycles": schedule.cycles, "visits": self.visits}
 
     def _total_steps(self) -> int:
         """Agent steps at the end of the schedule (steps_per_visit may have changed on resume)."""
@@ -513,6 +522,11 @@ class _Window:
         return {"sps": f"{self.sps:.0f}", "return": recent}
 
 
+def _order_text(visits: list[str], per_cycle: int) -> str:
+    """The visits cycle by cycle: 'Pong, Breakout | Breakout, Pong'."""
+    return " | ".join(", ".join(visits[start:start + per_cycle]) for start in range(0, len(visits), per_cycle))
+
+
 def _hours(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
@@ -576,6 +590,12 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
                             f"{_lookup(config.to_dict(), key)!r}" for key in unsafe)
         raise ValueError(f"Cannot resume {run_dir}: the config differs from the checkpoint's in keys that "
                          f"change the run:\n{details}\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume.")
+    recorded = (rundir.read_schedule(run_dir) or {}).get("visits", [])
+    visits = config.schedule.visits(config.seed)
+    shared = min(len(recorded), len(visits))
+    if recorded[:shared] != visits[:shared]:
+        raise ValueError(f"Cannot resume {run_dir}: its schedule.json records the visits {recorded}, but this "
+                         f"version of the code orders them {visits}. Resume it with the version that started it.")
     return Trainer(config, run_dir, checkpoint=state)
 
 

@@ -58,7 +58,7 @@ def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     milestones = [load_checkpoint(p) for p in list_checkpoints(run_dir / "milestones")]
     config = validate_config(final["config"], stored=True)
     settings = config.env.atari_settings(config.eval.max_episode_frames)
-    visits = [g for _ in range(config.schedule.cycles) for g in config.schedule.games]
+    visits = config.schedule.visits(config.seed)
     result = {"games": {}}
     end_scores = evaluate_games(network_from(final), config.schedule.games, episodes, epsilon, config.seed,
                                 settings)["games"]

@@ -32,6 +32,7 @@ def test_overrides_are_dotted_and_typed():
     ("schedule.steps_per_visit=lots", r"schedule.steps_per_visit: .*integer"),
     ("schedule.games=[Brekout]", r"Unknown Atari game 'Brekout'.*Breakout"),
     ("schedule.games=[Pong, pong]", r"games listed twice"),
+    ("schedule.order=shuffled", r"schedule.order: Input should be 'cyclic' or 'random'"),
     ("env.sticky_action_prob=1.5", r"env.sticky_action_prob"),
     ("consolidation.method=ewk", r"consolidation.method"),
     ("device=tpu", r"device"),
