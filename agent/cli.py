@@ -66,7 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if holds_run(run_dir):
                 raise ConfigError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                                   "or choose another --run-dir.")
-            make_run_dir(run_dir)
+            make_dir(run_dir)
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -89,6 +89,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-episode-frames", type=int, help="episode cap (default: the run's, 108000)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here (and CSV beside it)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--video", type=Path, metavar="DIR",
+                        help="also write one .mp4 per game of the agent playing one episode, DIR/<game>-step-N.mp4 "
+                        "(needs the extra: pip install -e '.[video]')")
+    parser.add_argument("--video-frames", type=int, default=3000, metavar="N",
+                        help="at most N emulator frames (60 a second) per video (default 3000)")
     args = parser.parse_args(argv)
 
     import json
@@ -99,7 +104,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from agent.config import resolve_device, validate_config
     from agent.evaluation import evaluate_games
     from agent.networks import QNetwork
-    from envs import NUM_ACTIONS, resolve_game
+    from agent.video import check_video_library, record_video, video_path
+    from envs import NUM_ACTIONS, derive_seed, resolve_game
 
     try:
         if args.episodes <= 0:
@@ -114,6 +120,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--epsilon must lie in [0, 1], got {args.epsilon}.")
         if args.output is not None:
             check_output(args.output)
+        if args.video is not None:
+            if args.video_frames <= 0:
+                raise ConfigError(f"--video-frames must be positive, got {args.video_frames}.")
+            check_video_library()
         if args.checkpoint.is_dir():
             if not holds_run(args.checkpoint) and not any(args.checkpoint.glob("step-*.pt")):
                 raise CheckpointError(f"{args.checkpoint} does not hold a run (no checkpoints/, config.yaml or "
@@ -128,6 +138,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         config = validate_config(state["config"], f"config stored in {path}", stored=True)
         games = [resolve_game(g)[0] for g in args.games] if args.games else config.schedule.games
         device = resolve_device(args.device)
+        step = state["progress"]["global_step"]
+        if args.video is not None:
+            check_video_dir(args.video, [video_path(args.video, game, step) for game in games])
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -147,7 +160,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nInterrupted: nothing was written.", file=sys.stderr)
             return 130
-    results.update(checkpoint=str(path), step=state["progress"]["global_step"], config_hash=config.digest(),
+    results.update(checkpoint=str(path), step=step, config_hash=config.digest(),
                    seed=args.seed, epsilon=args.epsilon, episodes=args.episodes)
     print(format_table(results))
     if args.output is not None:
@@ -155,6 +168,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         args.output.write_text(json.dumps(results, indent=2))
         write_csv(results, args.output.with_suffix(".csv"))
         print(f"Wrote {args.output} and {args.output.with_suffix('.csv')}", file=sys.stderr)
+    if args.video is not None:
+        for index, game in enumerate(games):
+            target = video_path(args.video, game, step)
+            try:
+                frames = record_video(network, game, target, args.video_frames, args.epsilon,
+                                      derive_seed(args.seed, index), settings)
+            except KeyboardInterrupt:
+                print(f"\nInterrupted: no video of {game} was written.", file=sys.stderr)
+                return 130
+            print(f"Wrote {target} ({frames} frames)", file=sys.stderr)
     return 0
 
 
@@ -172,6 +195,19 @@ def check_output(output: Path) -> None:
                               f"Write the evaluation elsewhere, e.g. --output {run / 'evaluations' / 'final.json'}.")
 
 
+def check_video_dir(directory: Path, targets: list[Path]) -> None:
+    """Refuse a --video DIR that is a file or lies inside a run's record; create it."""
+    for target in targets:
+        if target.is_dir():
+            raise ConfigError(f"--video {directory}: {target} is a directory; give another --video DIR.")
+        run = owned_by_run(target)
+        if run is not None:
+            raise ConfigError(f"--video {directory} would write {target} into the record of the run in {run} "
+                              "(training writes eval.csv, config.yaml, tb/, checkpoints/, milestones/). "
+                              f"Write the videos elsewhere, e.g. --video {run / 'videos'}.")
+    make_dir(directory, "video directory", "--video DIR")
+
+
 def check_run_dir(path: Path) -> None:
     """Refuse a --resume RUN_DIR that is not the directory of a run."""
     if not path.exists():
@@ -185,13 +221,13 @@ def check_run_dir(path: Path) -> None:
                               "--run-dir of an earlier ewc-train run, or start a new run with --config FILE.")
 
 
-def make_run_dir(path: Path) -> None:
+def make_dir(path: Path, what: str = "run directory", option: str = "--run-dir") -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         blocker = next((p for p in (path, *path.parents) if p.exists()), None)
         reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror or exc
-        raise ConfigError(f"cannot create run directory {path}: {reason}; choose another --run-dir.") from None
+        raise ConfigError(f"cannot create {what} {path}: {reason}; choose another {option}.") from None
 
 
 COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "human_normalized")
