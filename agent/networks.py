@@ -32,6 +32,9 @@ class QNetwork(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, num_actions),
         )
+        # self.net's layers (held in a tuple, so not registered twice: the state dict keeps its names);
+        # slicing a Sequential on every call would build a new one.
+        self._parts = (tuple(self.net)[:-1], self.net[-1])
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Q-values, always float32: under bf16 autocast the torso runs in bfloat16 but the Q head does not.
@@ -40,6 +43,9 @@ class QNetwork(nn.Module):
         values differ by less than 0.04 tie, and the greedy action (acting, the Double-DQN
         target, evaluation) would change against float32. The head is one small matmul."""
         # uint8 frames travel to the device as bytes (4x less traffic); scale here.
-        torso = self.net[:-1](frames.to(self.net[0].weight.dtype) / 255.0)
-        with torch.autocast(torso.device.type, enabled=False):
-            return self.net[-1](torso.float())
+        x = frames.to(self.net[0].weight.dtype) / 255.0
+        torso, head = self._parts
+        for layer in torso:
+            x = layer(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return head(x.float())

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import agent  # noqa: E402, F401, I001  (first: OpenMP's passive wait is set before torch loads)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import agent  # noqa: E402, F401  (first: it sets OpenMP's passive wait before torch loads)
 from agent.config import load_config  # noqa: E402
 from agent.consolidation import Consolidator  # noqa: E402
 from agent.dqn import DQNLearner  # noqa: E402
@@ -222,7 +222,7 @@ def _sb3_rate(args, steps: int, starts: int) -> float | None:
 
 def bench_threads(args) -> list[tuple]:
     """The learner and the loop with a competing busy process (one spinning core), against quiet,
-    and against OpenMP's default active wait (torch's default before this project set passive)."""
+    and against OpenMP's default wait policy (spin, then sleep: torch's default before this project set passive)."""
     import subprocess
 
     code = ("import os, sys, time, statistics; sys.path.insert(0, {root!r}); {first}"
@@ -259,7 +259,7 @@ def bench_threads(args) -> list[tuple]:
     return [(f"learner updates/s, {threads}, 1 competing busy process", "passive wait (this project)", busy_passive,
              "the same, quiet machine", quiet),
             (f"learner updates/s, {threads}, 1 competing busy process", "passive wait (this project)", busy_passive,
-             "OpenMP's default active wait", busy_active),
+             "OpenMP's default wait (spins, then sleeps)", busy_active),
             (f"end-to-end agent steps/s, fp32, {args.envs[0]} envs, 1 competing busy process", "this project",
              loop_busy, "the same, quiet machine", loop_quiet)]
 

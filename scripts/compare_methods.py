@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import agent  # noqa: E402, F401, I001  (first: OpenMP's passive wait is set before torch loads)
 import torch  # noqa: E402
 
 from agent.checkpoint import list_checkpoints, load_checkpoint, load_latest  # noqa: E402

@@ -2,10 +2,11 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import agent  # noqa: E402, F401, I001  (first: OpenMP's passive wait is set before torch loads)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

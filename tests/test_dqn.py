@@ -73,20 +73,23 @@ def test_epsilon_schedule_and_greedy_actions():
     assert (actions == greedy).all()
 
 
-def _real_replay(game: str, vector_steps: int, rng: np.random.Generator):
+def _real_replay(games: list[str], vector_steps: int, rng: np.random.Generator):
+    """Random play of each game, 8 envs, in one buffer: states that differ as a multi-game agent's do."""
     from agent.replay import FrameReplay
     from envs import make_vector_env
 
-    replay = FrameReplay(vector_steps * 8 + 64, 8)
-    env = make_vector_env(game, 8, num_threads=1)
-    obs = env.reset(seed=0)
-    for _ in range(vector_steps):
-        actions = rng.integers(18, size=8)
-        step = env.step(actions)
-        replay.add(obs, actions, step.reward, step.terminated, step.terminated | step.truncated, step.obs,
-                   mask=~step.was_reset)
-        obs = step.obs
-    env.close()
+    replay = FrameReplay(len(games) * vector_steps * 8 + 64, 8)
+    for game in games:
+        env = make_vector_env(game, 8, num_threads=1)
+        obs = env.reset(seed=0)
+        replay.close_episodes()
+        for _ in range(vector_steps):
+            actions = rng.integers(18, size=8)
+            step = env.step(actions)
+            replay.add(obs, actions, step.reward, step.terminated, step.terminated | step.truncated, step.obs,
+                       mask=~step.was_reset)
+            obs = step.obs
+        env.close()
     return replay
 
 
@@ -95,7 +98,7 @@ def test_bf16_picks_the_fp32_greedy_action_on_real_states_of_a_trained_network()
     (acting, Double-DQN target, evaluation) agrees with float32. With the head in bfloat16 too, Q-values
     near 10 (a state value of 10, as a trained agent's) are quantised to steps of 0.0625 and tie."""
     rng = np.random.default_rng(0)
-    replay = _real_replay("Breakout", 250, rng)
+    replay = _real_replay(["Breakout", "Pong", "SpaceInvaders"], 150, rng)
     torch.manual_seed(0)
     learner = DQNLearner(QNetwork(18), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=False, precision="bf16")
     for update in range(150):  # trained with bf16 autocast, as the bf16 runs train
@@ -116,6 +119,9 @@ def test_bf16_picks_the_fp32_greedy_action_on_real_states_of_a_trained_network()
         same = lambda q: (q.float().argmax(1) == fp32.argmax(1)).float().mean().item()  # noqa: E731
         return same(bf16), same(head_bf16)
 
+    with torch.no_grad():
+        greedy = net(states).argmax(1)
+    assert len(greedy.unique()) >= 3  # the greedy action depends on the state: agreement is not trivial
     assert agreement(net)[0] >= 0.99
     with torch.no_grad():
         net.net[-1].bias += 10.0 - net(states).mean()  # the same advantages on a state value near 10

@@ -6,7 +6,11 @@ import numpy as np
 import torch
 
 from agent.config import load_config
+from agent.dqn import epsilon_greedy, linear_epsilon
+from agent.networks import QNetwork
+from agent.replay import FrameReplay
 from agent.trainer import Trainer
+from envs import derive_seed, make_vector_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,15 +37,39 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_with_updates_off_the_overlapped_loop_stores_exactly_the_sequential_transitions(tmp_path):
-    # learning_starts beyond the visit: no update, the greedy actions come from the same network.
-    off = ["dqn.learning_starts=240"]
-    overlapped = run(tmp_path, "overlapped", "env.overlap=true", *off)
-    sequential = run(tmp_path, "sequential", "env.overlap=false", *off)
-    assert overlapped.progress.updates == sequential.progress.updates == 0
-    arrays = replay_arrays(overlapped)
-    assert arrays["Breakout/written"].sum() > 240 and arrays["Pong/written"].sum() > 240
-    assert_same(arrays, replay_arrays(sequential))
+def reference_replay(config) -> dict[str, np.ndarray]:
+    """The first visit written the obvious way, with env.step, as the loop did before the actor existed."""
+    torch.manual_seed(config.seed)
+    network = QNetwork(18, config.network.architecture)
+    rng = np.random.default_rng(config.seed)
+    game, n = config.schedule.games[0], config.env.num_envs
+    env = make_vector_env(game, n, config.env.atari_settings(), config.env.backend, config.env.num_threads)
+    replay = FrameReplay(config.replay.capacity_per_game, n)
+    obs = env.reset(seed=derive_seed(config.seed, 0, 0))
+    lives = np.zeros(n, dtype=np.int64)
+    eps = config.epsilon
+    for step in range(0, config.schedule.steps_per_visit, n):
+        actions = epsilon_greedy(network, obs, linear_epsilon(step, eps.start, eps.end, eps.decay_steps), rng,
+                                 torch.device("cpu"), 18)
+        result = env.step(actions)
+        real = ~result.was_reset
+        dones = result.terminated | (config.env.life_loss_terminal & (result.lives < lives) & real)
+        replay.add(obs, actions, result.reward, dones, result.terminated | result.truncated, result.obs, mask=real)
+        obs, lives = result.obs, result.lives
+    env.close()
+    return {f"{game}/{key}": value.numpy() for key, value in replay.state_dict().items()}
+
+
+def test_with_updates_off_the_loop_stores_exactly_the_transitions_of_a_plain_env_step_loop(tmp_path):
+    """Overlapped or not, the actor's send/recv loop writes what a plain `env.step` loop writes (greedy
+    actions included: epsilon falls to 0.01 within the visit), with life loss as terminal too."""
+    off = ["dqn.learning_starts=240", "env.life_loss_terminal=true"]
+    for overlap in ("true", "false"):
+        trainer = run(tmp_path, f"overlap-{overlap}", f"env.overlap={overlap}", *off)
+        assert trainer.progress.updates == 0
+        ours = {key: value for key, value in replay_arrays(trainer).items() if key.startswith("Breakout/")}
+        assert ours["Breakout/dones"].sum() > 0  # lives were lost: the life-loss path was exercised
+        assert_same(ours, reference_replay(trainer.config))
 
 
 def test_a_seeded_overlapped_run_with_updates_gives_the_same_result_twice(tmp_path):
