@@ -1,5 +1,6 @@
 """Sweeps on a local Ray: a grid of tiny runs finishes, a killed sweep resumes without redoing finished
-runs, a worker that dies is retried from the run's checkpoint, a failed run is reported with its error."""
+runs, a worker that dies is retried from the run's checkpoint, SIGTERM stops a sweep with checkpoints, a failed
+run is reported with its error; the grid's expansion, the record's history and bad input without Ray."""
 
 import json
 import signal
@@ -153,23 +154,29 @@ def test_a_killed_sweep_resumes_unfinished_runs_and_skips_finished_ones(tmp_path
     assert sessions[1]["results"][unfinished.name]["status"] == "done"
 
 
-def test_a_run_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
+def test_a_dead_worker_is_retried_from_its_checkpoint_and_sigterm_stops_the_sweep_cleanly(tmp_path):
     out = tmp_path / "out"
-    sweep_file = write_sweep(tmp_path, {"seed": [0]}, overrides=LONGER, max_retries=1)
+    endless = {**LONGER, "schedule.steps_per_visit": 1_000_000}
+    sweep_file = write_sweep(tmp_path, {"seed": [0]}, overrides=endless, max_retries=1)
     run, log = out / "seed=0", out / "logs" / "seed=0.log"
     proc = sweep_process(sweep_file, out)
     try:
         wait_for(lambda: newest_step(run) > 0, "a checkpoint", proc)
-        pid = last_pid(log)
-        subprocess.run(["kill", "-KILL", str(pid)], check=True)
+        first = last_pid(log)
+        subprocess.run(["kill", "-KILL", str(first)], check=True)
+        wait_for(lambda: len(attempts_started_at(log)) == 2, "Ray to retry the run", proc)
+        proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0]
     finally:
         proc.kill()
-    assert proc.returncode == 0, output
-    assert "1/1 done" in output
-    assert load_latest(run / "checkpoints")[1]["progress"]["global_step"] == 1600
-    first, second = attempts_started_at(log)
-    assert first == 0 and second > 0  # the retry resumed from the checkpoint
+    assert proc.returncode == 3, output
+    assert last_pid(log) != first
+    assert attempts_started_at(log)[1] > 0  # the retry resumed from the checkpoint
+    # The sweep cancelled the run: the trainer checkpointed where it stopped and exited 3.
+    stopped = load_latest(run / "checkpoints")[1]["progress"]["global_step"]
+    assert f"Stopped by signal 2 at step {stopped:,}; checkpoint written" in log.read_text()
+    assert "| seed=0 | interrupted |" in output
+    assert json.loads((out / "sweep.json").read_text())["sessions"][0]["results"]["seed=0"]["code"] == 3
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -213,3 +220,24 @@ def test_a_grown_grid_appends_runs_and_a_changed_one_is_refused(tmp_path):
     assert "seed=0: recorded, but no longer in the grid" in message
     assert "seed=1: network.architecture changed" in message and "another --out" in message
     assert json.loads((out / "sweep.json").read_text()) == record  # nothing written
+
+
+def test_the_grid_expands_into_named_runs_with_their_share_of_the_machine(tmp_path):
+    sweep = sweeps.load_sweep(write_sweep(tmp_path, {"games": [["Breakout", "Pong"], ["Pong", "Breakout"]],
+                                                     "lambda": [1, 10]}, resources={"num_cpus": 2}), [])
+    assert [run.name for run in sweep.runs] == ["games=Breakout-Pong,lambda=1", "games=Breakout-Pong,lambda=10",
+                                                "games=Pong-Breakout,lambda=1", "games=Pong-Breakout,lambda=10"]
+    config = sweep.runs[2].config
+    assert config.schedule.games == ["Pong", "Breakout"] and config.consolidation.lambda_ == 1
+    assert (config.torch_threads, config.env.num_threads, config.device) == (2, 2, "cpu")
+    assert not config.logging.progress_bar
+    with pytest.raises(sweeps.SweepError, match="consolidation.lambda is both in the grid and set for every run"):
+        sweeps.load_sweep(write_sweep(tmp_path, {"lambda": [1, 10]}), ["consolidation.lambda=5"])
+
+
+def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path, local_ray, capsys):
+    out = tmp_path / "out"
+    with sweeps.lock(out):
+        assert sweep_main([str(write_sweep(tmp_path, {"seed": [0]})), "--out", str(out), *NO_UPDATES]) == 2
+    assert f"Another sweep is running in {out} (pid " in capsys.readouterr().err
+    assert not (out / "sweep.json").exists()
