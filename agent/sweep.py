@@ -47,6 +47,7 @@ ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "
 SWEEP_KEYS = ("base", "overrides", "grid", "resources", "max_retries")
 RECORD_FORMAT = "ewc-atari-sweep-v1"
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds agent/ and envs/
 RUN_LOCK_WAIT = 120.0  # seconds a run waits for an earlier attempt's worker to let go of it
 
 
@@ -259,13 +260,12 @@ def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
 def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
-    import agent
     from agent.cli import make_run_dir
     from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer, resume
 
     run_dir = Path(run_dir)
     result = {"name": name, "code": EXIT_CRASHED, "error": None, "steps": None, "host": socket.gethostname(),
-              "pid": os.getpid(), "agent": str(Path(agent.__file__).resolve().parent)}
+              "pid": os.getpid(), "agent": str(PROJECT_ROOT)}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as handle:
         console = _LastMessage(handle)
@@ -288,7 +288,8 @@ def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str
                 result["code"] = trainer.train()
                 result["steps"] = trainer.progress.global_step
                 if result["code"] != 0:
-                    result["error"] = _crash_line(run_dir) if result["code"] == EXIT_CRASHED else console.last
+                    crash = _crash_line(run_dir) if result["code"] == EXIT_CRASHED else None
+                    result["error"] = crash or console.last
             except TimeoutError as exc:
                 result["error"] = f"another process still trains this run after {RUN_LOCK_WAIT:.0f} s ({exc})"
             except Exception as exc:  # refused before training (a config, device or run directory problem)
@@ -379,18 +380,15 @@ def connect(address: str | None, local_cpus: int | None) -> bool:
         import ray
     except ImportError:
         raise SweepError("Ray is not installed: pip install -e '.[sweep]' (or pip install ray).") from None
-    import agent
-
     if address is not None:
         if local_cpus is not None:
             raise SweepError("--local-cpus sizes the local Ray; a cluster (--address) has the CPUs its nodes have.")
         _check_address(address)
     if ray.is_initialized():
         return False
-    # The workers import `agent` from where this process does (a checkout on PYTHONPATH or an editable
-    # install): it must be on the same path on every node.
-    root = str(Path(agent.__file__).resolve().parent.parent)
-    runtime_env = {"env_vars": {"PYTHONPATH": root + os.pathsep + "${PYTHONPATH}"}}
+    # The workers import the project from where this process does (a checkout on PYTHONPATH or an
+    # editable install): it must be at the same path on every node.
+    runtime_env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + "${PYTHONPATH}"}}
     try:
         if address is None:
             # The sweep passes only small arguments and results through Ray's object store.
@@ -551,10 +549,9 @@ def _result(ref, name: str, out: Path, timeout: float | None = None) -> dict:
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         error = f"{type(exc).__name__}: {lines[-1].strip() if lines else exc}"
         return {"status": "failed", "code": 1, "steps": None, "error": error}
-    if result["agent"] != str(Path(__import__("agent").__file__).resolve().parent):
-        print(f"warning: run {name} imported agent from {result['agent']} on {result['host']}, this sweep from "
-              f"{Path(__import__('agent').__file__).resolve().parent}: the workers may run other code.",
-              file=sys.stderr)
+    if result["agent"] != str(PROJECT_ROOT):
+        print(f"warning: run {name} ran the project in {result['agent']} on {result['host']}, this sweep the one "
+              f"in {PROJECT_ROOT}: the workers may run other code.", file=sys.stderr)
     status = {0: "done", EXIT_INTERRUPTED: "interrupted"}.get(result["code"], "failed")
     return {"status": status, "code": result["code"], "steps": result["steps"], "error": result["error"]}
 

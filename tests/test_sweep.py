@@ -241,3 +241,18 @@ def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path, local_ray, ca
         assert sweep_main([str(write_sweep(tmp_path, {"seed": [0]})), "--out", str(out), *NO_UPDATES]) == 2
     assert f"Another sweep is running in {out} (pid " in capsys.readouterr().err
     assert not (out / "sweep.json").exists()
+
+
+def test_a_crashing_run_reports_the_exception_line_of_its_crash_log(tmp_path, monkeypatch):
+    from agent.dqn import DQNLearner
+
+    def broken(self, batch):
+        raise RuntimeError("boom in the TD loss")
+
+    monkeypatch.setattr(DQNLearner, "td_loss", broken)
+    log = tmp_path / "logs" / "r.log"
+    result = sweeps.train_run("r", str(tmp_path / "r"), str(SMOKE), [*TINY, "schedule.steps_per_visit=80",
+                                                                      "dqn.learning_starts=8"], str(log))
+    assert result["code"] == 1 and result["error"] == "RuntimeError: boom in the TD loss"
+    assert list((tmp_path / "r").glob("crash-*.log"))
+    assert log.read_text().rstrip().endswith("exit 1: RuntimeError: boom in the TD loss")
