@@ -181,6 +181,57 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def sweep_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ewc-sweep",
+        description="Train every run of a sweep file's grid on Ray (a local Ray, or a cluster with --address). "
+                    "Each run is an ordinary run directory OUT/<key=value,...>; rerunning the command resumes "
+                    "unfinished runs and skips finished ones.",
+        epilog="Exit codes: 0 every run finished, 1 a run failed (listed with its error), 2 bad input "
+               "(nothing started), 3 interrupted (the runs wrote checkpoints).")
+    parser.add_argument("sweep", type=Path, help="sweep file (see configs/sweep_methods.yaml)")
+    parser.add_argument("--out", type=Path, help="the sweep's directory (default: runs/<sweep file name>)")
+    parser.add_argument("--address", help="a running Ray cluster: auto (this node is in one), HOST:PORT or "
+                        "ray://HOST:10001 (default: start a local Ray)")
+    parser.add_argument("--local-cpus", type=int, help="CPUs of the local Ray (default: all cores)")
+    parser.add_argument("--num-cpus", type=float, help="CPUs per run (default: the sweep file's, else 1)")
+    parser.add_argument("--num-gpus", type=float, help="GPUs per run, e.g. 0.25 for four runs per GPU "
+                        "(default: the sweep file's, else 0)")
+    parser.add_argument("--max-retries", type=int, help="restarts of a run whose worker died (default: the "
+                        "sweep file's, else 3)")
+    parser.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="set in every run")
+    args = parser.parse_intermixed_args(argv)
+
+    from agent import sweep as sweeps
+
+    out = args.out or Path("runs") / args.sweep.stem
+    try:
+        if args.local_cpus is not None and args.local_cpus <= 0:
+            raise ConfigError(f"--local-cpus must be positive, got {args.local_cpus}.")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a directory for the sweep's runs.")
+        sweep = sweeps.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
+        started_ray = sweeps.connect(args.address, args.local_cpus)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return sweeps.EXIT_BAD_INPUT
+    import ray
+
+    try:
+        sweeps.check_resources(sweep, local=args.address is None)
+        with sweeps.lock(out):
+            record = sweeps.write_record(out, sweep, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
+                                         args.address)
+            return sweeps.run_sweep(sweep, out, record, args.progress_every)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return sweeps.EXIT_BAD_INPUT
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
 def check_output(output: Path) -> None:
     """Refuse an --output whose JSON or CSV would overwrite a file of a run's own record."""
     for target in (output, output.with_suffix(".csv")):

@@ -1,0 +1,604 @@
+"""Sweeps: a grid of configs expanded into runs, each an ordinary run directory, trained as Ray tasks.
+
+A sweep file (YAML, e.g. configs/sweep_methods.yaml):
+
+    base: forgetting_demo.yaml      # the config every run starts from (relative to the sweep file)
+    overrides: {checkpoint.every: 25000}   # dotted keys set in every run
+    grid:                           # every combination of these values is one run
+      method: [none, l2, ewc]       # short for consolidation.method; lambda, games likewise
+      seed: [0, 1]
+    resources: {num_cpus: 2, num_gpus: 0.25}   # per run; runs with num_gpus < 1 share a GPU
+    max_retries: 3                  # restarts of a run whose worker died (it resumes from its checkpoint)
+
+Run `method=ewc,seed=1` lives in OUT/method=ewc,seed=1 and is an ordinary run directory
+(`ewc-train --resume` works on it). Ray schedules the runs; this module only expands the
+grid, keeps the sweep's record (OUT/sweep.json), starts or resumes each run inside its task
+and reports. Ray is imported only here, and only when a sweep runs (the `sweep` extra).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.checkpoint import CheckpointError, list_checkpoints
+from agent.config import ConfigError, TrainConfig, load_config
+from agent.rundir import holds_run, replace_atomically
+
+# Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
+ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "games": "schedule.games"}
+SWEEP_KEYS = ("base", "overrides", "grid", "resources", "max_retries")
+RECORD_FORMAT = "ewc-atari-sweep-v1"
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds agent/ and envs/
+RUN_LOCK_WAIT = 120.0  # seconds a run waits for an earlier attempt's worker to let go of it
+
+
+class SweepError(ConfigError):
+    """A problem with the sweep file, its output directory or the Ray address, meant for the user."""
+
+
+@dataclasses.dataclass
+class Run:
+    name: str  # also its directory's name under the sweep's output directory
+    settings: dict[str, Any]  # the grid's values, by dotted key
+    overrides: list[str]  # every key=value applied to the base config for this run
+    config: TrainConfig
+
+
+@dataclasses.dataclass
+class Sweep:
+    path: Path
+    base: Path
+    runs: list[Run]
+    num_cpus: float
+    num_gpus: float
+    max_retries: int
+
+
+# ---------------------------------------------------------------- the sweep file
+def load_sweep(path: Path, cli_overrides: list[str] = (), num_cpus: float | None = None,
+               num_gpus: float | None = None, max_retries: int | None = None) -> Sweep:
+    """Read a sweep file and expand its grid into validated run configs (flags win over the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"Sweep file {path} does not exist{' (it is a directory)' if path.is_dir() else ''}. "
+                         "Give a YAML file such as configs/sweep_methods.yaml.")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SweepError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path} must hold a mapping with the keys {', '.join(SWEEP_KEYS)}.")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has {', '.join(SWEEP_KEYS)} "
+                         "(config keys go under overrides: or grid:).")
+    if "base" not in spec:
+        raise SweepError(f"{path} names no base config: add e.g. `base: smoke.yaml` (relative to {path.parent}).")
+    base = path.parent / str(spec["base"])
+    if not base.is_file():
+        raise SweepError(f"{path}: base config {base} does not exist. `base:` is relative to the sweep file's "
+                         f"folder ({path.parent}); the shipped configs are in configs/.")
+
+    fixed = _mapping(spec.get("overrides"), f"{path}: overrides")
+    fixed_overrides = [f"{key}={json.dumps(value)}" for key, value in fixed.items()] + list(cli_overrides)
+    fixed_keys = set(fixed) | {item.partition("=")[0] for item in cli_overrides}
+
+    grid = _mapping(spec.get("grid"), f"{path}: grid")
+    axes = []
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, e.g. {key}: [0, 1].")
+        dotted = ALIASES.get(key, key)
+        if dotted in fixed_keys:
+            raise SweepError(f"{path}: {dotted} is both in the grid and set for every run (overrides: or the "
+                             "command line); keep it in one place.")
+        axes.append((key, dotted, values))
+
+    resources = _mapping(spec.get("resources"), f"{path}: resources")
+    unknown = sorted(set(resources) - {"num_cpus", "num_gpus"})
+    if unknown:
+        raise SweepError(f"{path}: resources has unknown key(s) {', '.join(unknown)}; it takes num_cpus, num_gpus.")
+    num_cpus = _number(num_cpus if num_cpus is not None else resources.get("num_cpus", 1), "num_cpus", positive=True)
+    num_gpus = _number(num_gpus if num_gpus is not None else resources.get("num_gpus", 0), "num_gpus")
+    if num_gpus > 1 and num_gpus != int(num_gpus):
+        raise SweepError(f"num_gpus {num_gpus}: Ray gives a task either a share of one GPU (below 1) or whole GPUs.")
+    max_retries = max_retries if max_retries is not None else spec.get("max_retries", 3)
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise SweepError(f"max_retries must be a whole number of 0 or more, got {max_retries!r}.")
+
+    runs = []
+    for values in itertools.product(*(axis[2] for axis in axes)):
+        settings = {dotted: value for (_, dotted, _), value in zip(axes, values)}
+        name = ",".join(f"{key}={_label(value)}" for (key, _, _), value in zip(axes, values)) or "base"
+        overrides = fixed_overrides + [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+        try:
+            config = load_config(base, overrides)
+            overrides += _resource_overrides(config, num_cpus, num_gpus)
+            config = load_config(base, overrides)
+        except ConfigError as exc:
+            raise SweepError(f"{path}, run {name}: {exc}\nFix the grid, overrides or base config.") from None
+        runs.append(Run(name, settings, overrides, config))
+    names = [run.name for run in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SweepError(f"{path}: the grid gives several runs the same name ({', '.join(twice)}); "
+                         "list each value once.")
+    return Sweep(path, base, runs, num_cpus, num_gpus, max_retries)
+
+
+def _resource_overrides(config: TrainConfig, num_cpus: float, num_gpus: float) -> list[str]:
+    """What a run's share of the machine implies, where the config leaves it open: as many torch and
+    emulator threads as CPUs (not one per core of a shared node), the CPU when no GPU is granted (Ray
+    does not hide the GPUs from a task that asked for none), and status lines instead of a bar."""
+    threads = max(1, math.floor(num_cpus))
+    extra = ["logging.progress_bar=false"]
+    if config.torch_threads == 0:
+        extra.append(f"torch_threads={threads}")
+    if config.env.num_threads == 0:
+        extra.append(f"env.num_threads={threads}")
+    if config.device == "auto" and num_gpus == 0:
+        extra.append("device=cpu")
+    return extra
+
+
+def _mapping(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{what} must be a mapping of dotted keys to values, e.g. `seed: [0, 1]`.")
+    return value
+
+
+def _number(value: Any, what: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise SweepError(f"{what} must be a {'positive' if positive else 'non-negative'} number, got {value!r}.")
+    return value
+
+
+def _label(value: Any) -> str:
+    """A grid value as it appears in a run's directory name."""
+    if isinstance(value, list):
+        return "-".join(_label(v) for v in value)
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+# ---------------------------------------------------------------- the sweep's record
+def write_record(out: Path, sweep: Sweep, command: list[str], address: str | None) -> dict:
+    """Add this session to OUT/sweep.json. Runs new to the grid are appended; a run recorded earlier
+    that is gone from the grid, or whose config changed in keys that change a run, is refused."""
+    from agent.trainer import RESUMABLE_CHANGES, differing_keys
+
+    path = out / "sweep.json"
+    record = {"format": RECORD_FORMAT, "runs": [], "sessions": []}
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SweepError(f"{path} cannot be read ({exc}); it is this sweep's record: restore it, or give "
+                             "another --out.") from None
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+            raise SweepError(f"{path} is not the record of a sweep; give another --out.")
+    recorded = {run["name"]: run for run in record["runs"]}
+    current = {run.name: run for run in sweep.runs}
+    problems = [f"  {name}: recorded, but no longer in the grid" for name in recorded if name not in current]
+    for name, run in current.items():
+        if name in recorded:
+            changed = [key for key in differing_keys(recorded[name]["config"], run.config.to_dict())
+                       if not key.startswith(RESUMABLE_CHANGES)]
+            if changed:
+                problems.append(f"  {name}: {', '.join(changed)} changed")
+    if problems:
+        raise SweepError(f"The sweep in {out} was run with another grid (its record is {path}):\n"
+                         + "\n".join(problems) + "\nA sweep's runs are kept as they were: keep their values in "
+                         "the grid (new values are added as new runs), or give another --out. Only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change.")
+    now = _now()
+    added = [name for name in current if name not in recorded]
+    for name in added:
+        run = current[name]
+        record["runs"].append({"name": name, "dir": name, "settings": run.settings, "added": now,
+                               "config": run.config.to_dict()})
+    record["sessions"].append({"started": now, "command": command, "address": address or "local",
+                               "sweep_file": str(sweep.path), "base": str(sweep.base),
+                               "resources": {"num_cpus": sweep.num_cpus, "num_gpus": sweep.num_gpus},
+                               "max_retries": sweep.max_retries, "added": added})
+    out.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, json.dumps(record, indent=2).encode())
+    return record
+
+
+def record_results(out: Path, record: dict, results: dict[str, dict]) -> None:
+    record["sessions"][-1].update(ended=_now(), results=results)
+    replace_atomically(out / "sweep.json", json.dumps(record, indent=2).encode())
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- one run, inside a Ray task
+def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
+    """The agent steps of a run whose newest checkpoint has done the schedule, else None. Reads the
+    checkpoint memory-mapped: its tensors (the replay, gigabytes at scale) are not loaded."""
+    import torch
+
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        return None
+    newest = checkpoints[-1]
+    try:
+        sentinel = json.loads(newest.with_suffix(".done").read_text())
+        if newest.stat().st_size != sentinel["size"]:
+            return None  # damaged: the run's own resume skips it and says so
+        progress = torch.load(newest, map_location="cpu", mmap=True, weights_only=True)["progress"]
+    except Exception:  # unreadable: leave the verdict to the resume
+        return None
+    visits = config.schedule.cycles * len(config.schedule.games)
+    return progress["global_step"] if progress["visit"] >= visits else None
+
+
+def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
+    """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
+    exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
+    from agent.cli import make_run_dir
+    from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer, resume
+
+    run_dir = Path(run_dir)
+    result = {"name": name, "code": EXIT_CRASHED, "error": None, "steps": None, "host": socket.gethostname(),
+              "pid": os.getpid(), "agent": str(PROJECT_ROOT)}
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", buffering=1) as handle:
+        console = _LastMessage(handle)
+        handle.write(f"==== {_now()} {name} on {result['host']}, pid {result['pid']}\n")
+        reporter = None
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console), contextlib.ExitStack() as held:
+            try:
+                # The worker of an earlier attempt may outlive its sweep (killed) by a few seconds.
+                held.enter_context(exclusive(Path(log).with_suffix(".lock"), f"pid {result['pid']} on "
+                                             f"{result['host']}", wait=RUN_LOCK_WAIT))
+                config = load_config(base, overrides)
+                if holds_run(run_dir):
+                    trainer = resume(run_dir, config)
+                else:
+                    make_run_dir(run_dir)
+                    trainer = Trainer(config, run_dir)
+                if progress is not None:
+                    progress.start.remote(name, trainer.progress.global_step)
+                    reporter = _Reporter(progress, name, trainer)
+                result["code"] = trainer.train()
+                result["steps"] = trainer.progress.global_step
+                if result["code"] != 0:
+                    crash = _crash_line(run_dir) if result["code"] == EXIT_CRASHED else None
+                    result["error"] = crash or console.last
+            except TimeoutError as exc:
+                result["error"] = f"another process still trains this run after {RUN_LOCK_WAIT:.0f} s ({exc})"
+            except Exception as exc:  # refused before training (a config, device or run directory problem)
+                traceback.print_exc(file=handle)
+                bad_input = isinstance(exc, (ConfigError, CheckpointError, ValueError))
+                result["code"] = EXIT_BAD_INPUT if bad_input else EXIT_CRASHED
+                result["error"] = f"{type(exc).__name__}: {_one_line(str(exc))}"
+            finally:
+                if reporter is not None:
+                    reporter.stop()
+        handle.write(f"==== {_now()} exit {result['code']}" + (f": {result['error']}" if result["error"] else "")
+                     + "\n")
+    return result
+
+
+class _LastMessage:
+    """A text stream into the run's log that remembers the first line of the last message written (the
+    trainer's console prints each message, such as a failure and its advice, in one write)."""
+
+    def __init__(self, handle):
+        self.handle, self.last = handle, None
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.last = text.strip().splitlines()[0]
+        return self.handle.write(text)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class _Reporter:
+    """Sends the run's agent step to the sweep's progress actor every 2 s, from a thread."""
+
+    def __init__(self, progress, name: str, trainer, every: float = 2.0):
+        self.progress, self.name, self.trainer, self.every = progress, name, trainer, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.progress.report.remote(self.name, self.trainer.progress.global_step)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.progress.report.remote(self.name, self.trainer.progress.global_step)
+
+
+class SweepProgress:
+    """Agent steps trained in this session, summed over runs (a Ray actor: tasks report, the driver reads)."""
+
+    def __init__(self):
+        self.steps: dict[str, int] = {}
+        self.started: set[str] = set()
+        self.trained = 0
+
+    def start(self, name: str, step: int) -> None:
+        self.started.add(name)
+        self.steps[name] = step  # where it starts (a retried run resumes from its checkpoint)
+
+    def report(self, name: str, step: int) -> None:
+        self.trained += max(step - self.steps.get(name, step), 0)
+        self.steps[name] = step
+
+    def snapshot(self) -> tuple[int, list[str]]:
+        return self.trained, sorted(self.started)
+
+
+def _crash_line(run_dir: Path) -> str | None:
+    """The exception line of the newest crash log (its traceback's last line)."""
+    logs = sorted(run_dir.glob("crash-*.log"))
+    lines = logs[-1].read_text().strip().splitlines() if logs else []
+    return lines[-1] if lines else None
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- the driver
+def connect(address: str | None, local_cpus: int | None) -> bool:
+    """Start a local Ray (address None) or join a running cluster, unless this process already did
+    (then False); workers import this project."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("Ray is not installed: pip install -e '.[sweep]' (or pip install ray).") from None
+    if address is not None:
+        if local_cpus is not None:
+            raise SweepError("--local-cpus sizes the local Ray; a cluster (--address) has the CPUs its nodes have.")
+        _check_address(address)
+    if ray.is_initialized():
+        return False
+    # The workers import the project from where this process does (a checkout on PYTHONPATH or an
+    # editable install): it must be at the same path on every node.
+    runtime_env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + "${PYTHONPATH}"}}
+    try:
+        if address is None:
+            # The sweep passes only small arguments and results through Ray's object store.
+            ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=100 * 1024**2, runtime_env=runtime_env, logging_level="WARNING")
+        else:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SweepError(f"Cannot connect to a Ray cluster at --address {address}: {_one_line(str(exc))}\n"
+                         "Start one with `ray start --head` (and `ray start --address=HEAD:6379` on the other "
+                         "nodes), or leave --address out to run on this machine.") from None
+    return True
+
+
+def _check_address(address: str) -> None:
+    """Fail fast, with advice, on an address Ray would retry for a minute."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address} is not a Ray address: give auto (a cluster started on this node "
+                         "with `ray start`), HOST:PORT (the head's address that `ray start --head` prints, port "
+                         "6379 by default) or ray://HOST:10001.")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SweepError(f"Cannot reach a Ray cluster at --address {address}: {exc.strerror or exc}. Start its "
+                         f"head with `ray start --head --port={port}` on {host}, check the address it printed, "
+                         "or leave --address out to run on this machine.") from None
+
+
+def lock(out: Path):
+    """One sweep at a time in OUT: two would train the same run directories at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return exclusive(out / ".lock", f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}")
+    except TimeoutError as exc:
+        raise SweepError(f"Another sweep is running in {out} ({exc}); wait for it, or stop it (its runs resume "
+                         "when the sweep is run again).") from None
+
+
+@contextlib.contextmanager
+def _held(handle):
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def exclusive(path: Path, owner: str, wait: float = 0.0):
+    """An exclusive flock on `path` (the kernel releases it however the process ends), as a context
+    manager; waits up to `wait` seconds, then raises TimeoutError naming the holder."""
+    import fcntl
+
+    handle = open(path, "a+")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().strip() or "holder unknown"
+                handle.close()
+                raise TimeoutError(holder) from None
+            time.sleep(0.2)
+    handle.truncate(0)
+    handle.write(owner + "\n")
+    handle.flush()
+    return _held(handle)
+
+
+def check_resources(sweep: Sweep, local: bool) -> None:
+    """A run asking for more than any node has would wait for ever."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(node.get("CPU", 0) >= sweep.num_cpus and node.get("GPU", 0) >= sweep.num_gpus for node in nodes):
+        return
+    have = ", ".join(f"{node.get('CPU', 0):g} CPUs and {node.get('GPU', 0):g} GPUs" for node in nodes)
+    message = (f"each run asks for {sweep.num_cpus:g} CPUs and {sweep.num_gpus:g} GPUs, but no node has that "
+               f"({have}). Lower resources.num_cpus / num_gpus (or --num-cpus / --num-gpus)")
+    if local:
+        raise SweepError(message + ", or give the local Ray more with --local-cpus.")
+    print(f"warning: {message}; the runs wait until a node that large joins the cluster.", file=sys.stderr)
+
+
+def run_sweep(sweep: Sweep, out: Path, record: dict, progress_every: float = 5.0, stream=None) -> int:
+    """Hand the runs that are not finished to Ray, report progress, return the sweep's exit code."""
+    import ray
+
+    stream = stream or sys.stderr
+    results: dict[str, dict] = {}
+    for run in sweep.runs:
+        steps = finished_steps(out / run.name, run.config)
+        if steps is not None:
+            results[run.name] = {"status": "finished earlier", "code": 0, "steps": steps, "error": None}
+    todo = [run for run in sweep.runs if run.name not in results]
+    print(f"Sweep {sweep.path} in {out}: {len(sweep.runs)} runs, {len(results)} finished earlier, "
+          f"{len(todo)} to train ({sweep.num_cpus:g} CPUs, {sweep.num_gpus:g} GPUs each).", file=stream, flush=True)
+
+    task = ray.remote(train_run)  # Ray gives a task with GPUs a fresh worker (max_calls=1 is its default there)
+    progress = ray.remote(num_cpus=0)(SweepProgress).remote() if todo else None
+    pending = {}
+    for run in todo:
+        ref = task.options(num_cpus=sweep.num_cpus, num_gpus=sweep.num_gpus, max_retries=sweep.max_retries,
+                           name=f"sweep:{run.name}").remote(run.name, str(out / run.name), str(sweep.base),
+                                                            run.overrides, str(out / "logs" / f"{run.name}.log"),
+                                                            progress)
+        pending[ref] = run.name
+    started = time.monotonic()
+    status = _Status(stream, started)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupted = False
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(status.due(progress_every), 0.05))
+            for ref in ready:
+                name = pending.pop(ref)
+                results[name] = _result(ref, name, out)
+                if results[name]["code"] != 0:
+                    status.line(f"run {name} failed: {results[name]['error']} (log: {out / 'logs' / name}.log)")
+            if status.due(progress_every) <= 0:
+                status.progress(results, len(sweep.runs), progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        status.line(f"Interrupted: stopping {len(pending)} run(s); each writes a checkpoint (rerun the sweep to "
+                    "continue them).")
+        for ref in pending:
+            ray.cancel(ref)  # a KeyboardInterrupt in the task: the trainer checkpoints and exits
+        for ref, name in pending.items():
+            results[name] = _result(ref, name, out, timeout=120)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status.progress(results, len(sweep.runs), progress)
+    record_results(out, record, {run.name: results[run.name] for run in sweep.runs if run.name in results})
+    _summary(sweep, out, results, stream)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if any(result["code"] != 0 for result in results.values()) else EXIT_DONE
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _result(ref, name: str, out: Path, timeout: float | None = None) -> dict:
+    """A task's result, or the reason there is none (its worker died more often than max_retries...)."""
+    import ray
+
+    try:
+        result = ray.get(ref, timeout=timeout)
+    except ray.exceptions.TaskCancelledError:
+        return {"status": "interrupted", "code": EXIT_INTERRUPTED, "steps": None,
+                "error": "cancelled before it started"}
+    except ray.exceptions.RayError as exc:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        error = f"{type(exc).__name__}: {lines[-1].strip() if lines else exc}"
+        return {"status": "failed", "code": 1, "steps": None, "error": error}
+    if result["agent"] != str(PROJECT_ROOT):
+        print(f"warning: run {name} ran the project in {result['agent']} on {result['host']}, this sweep the one "
+              f"in {PROJECT_ROOT}: the workers may run other code.", file=sys.stderr)
+    status = {0: "done", EXIT_INTERRUPTED: "interrupted"}.get(result["code"], "failed")
+    return {"status": status, "code": result["code"], "steps": result["steps"], "error": result["error"]}
+
+
+class _Status:
+    """The sweep's one progress line, every few seconds; steps/s over the last `window` seconds (the runs
+    report every 2 s)."""
+
+    def __init__(self, stream, started: float, window: float = 20.0):
+        self.stream, self.started, self.window = stream, started, window
+        self.last_time = started
+        self.history = collections.deque([(started, 0)])
+
+    def due(self, every: float) -> float:
+        return self.last_time + every - time.monotonic()
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def progress(self, results: dict, total: int, progress) -> None:
+        import ray
+
+        trained, started = ray.get(progress.snapshot.remote()) if progress is not None else (0, [])
+        now = self.last_time = time.monotonic()
+        while len(self.history) > 1 and self.history[1][0] <= now - self.window:
+            self.history.popleft()
+        since, before = self.history[0]
+        rate = (trained - before) / max(now - since, 1e-9)
+        self.history.append((now, trained))
+        done = sum(r["code"] == 0 for r in results.values())
+        failed = sum(r["code"] != 0 for r in results.values())
+        running = len([name for name in started if name not in results])
+        waiting = total - done - failed - running
+        elapsed = int(now - self.started)
+        self.line(f"[sweep {elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}] {done}/{total} done, "
+                  f"{running} running, {waiting} waiting, {failed} failed | {rate:,.0f} agent steps/s "
+                  f"| {trained:,} steps this session")
+
+
+def _summary(sweep: Sweep, out: Path, results: dict, stream) -> None:
+    lines = [f"Sweep {out} ({out / 'sweep.json'}):", "| run | status | steps | error |", "|---|---|---:|---|"]
+    for run in sweep.runs:
+        result = results.get(run.name, {"status": "not run", "steps": None, "error": None})
+        steps = f"{result['steps']:,}" if result["steps"] is not None else "-"
+        lines.append(f"| {run.name} | {result['status']} | {steps} | {result['error'] or ''} |")
+    failed = [name for name, result in results.items() if result["code"] != 0]
+    if failed:
+        lines.append(f"{len(failed)} run(s) did not finish; their logs are in {out / 'logs'}. Rerun the same "
+                     "command to resume them (finished runs are skipped).")
+    print("\n".join(lines), file=stream, flush=True)
