@@ -5,7 +5,7 @@ import sys as _sys
 import warnings as _warnings
 
 # torch's OpenMP threads spin while they wait for work. On a machine where other processes
-# are busy, the spinning threads steal the cores the working ones need: an update ran 1.74x
+# are busy, the spinning threads steal the cores the working ones need: an update ran 1.5-1.7x
 # faster with passive waiting beside a busy process on 2 cores (scripts/bench.py, "threads"),
 # and it costs nothing measurable on a quiet machine. OpenMP reads this once, when torch is
 # first imported, so it only takes effect if `agent` is imported before torch; a user's own
