@@ -260,7 +260,7 @@ def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
 def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
-    from agent.cli import make_run_dir
+    from agent.cli import make_dir
     from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer, resume
 
     run_dir = Path(run_dir)
@@ -280,7 +280,7 @@ def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str
                 if holds_run(run_dir):
                     trainer = resume(run_dir, config)
                 else:
-                    make_run_dir(run_dir)
+                    make_dir(run_dir)
                     trainer = Trainer(config, run_dir)
                 if progress is not None:
                     progress.start.remote(name, trainer.progress.global_step)
