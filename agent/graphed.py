@@ -9,8 +9,9 @@ The graph reads the networks' parameters, Adam's state and the penalty's anchors
 they lie in memory, so it stays valid when they change in place (updates, the target
 sync), and is captured again when the penalty's anchors change (a new game or a new
 anchor: `Consolidator.version`). A checkpoint is loaded before the first capture (Adam's
-`load_state_dict` replaces its state tensors, which a captured graph would not see). Each capture starts with one eager
-update on a side stream, as CUDA graphs require; it is a real update of the run.
+`load_state_dict` replaces its state tensors, which a captured graph would not see).
+Each capture starts with one eager update on a side stream, as CUDA graphs require; it
+is a real update of the run.
 """
 
 from __future__ import annotations
