@@ -1,0 +1,187 @@
+"""Forget-Me-Not task inference: segmentation of synthetic and real Atari streams, the Polya score against
+the Dirichlet-multinomial marginal likelihood, revisits, frozen inference, resume, bad input, long runs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from agent.task_inference import ForgetMeNot
+
+
+def pattern(seed: int, shape=(84, 84)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=shape)
+
+
+def noisy(base: np.ndarray, count: int, rng: np.random.Generator, noise: int = 12) -> np.ndarray:
+    """`count` frames of a fixed pattern with independent pixel noise in [-noise, noise]."""
+    return np.clip(base + rng.integers(-noise, noise + 1, size=(count, *base.shape)), 0, 255).astype(np.uint8)
+
+
+def decide_all(fmn: ForgetMeNot, frames) -> list[int]:
+    """Feed frames one by one; the decisions, one per window."""
+    return [d for d in (fmn.observe(frame) for frame in frames) if d is not None]
+
+
+def change_points(decisions: list[int]) -> list[int]:
+    return [i for i in range(1, len(decisions)) if decisions[i] != decisions[i - 1]]
+
+
+def test_synthetic_sources_are_segmented_revisits_recognised_and_new_sources_create_contexts():
+    rng = np.random.default_rng(0)
+    sources = {name: pattern(seed) for seed, name in enumerate("ABC")}
+    order = "ABACB"  # 400 frames (100 windows) each
+    fmn = ForgetMeNot()
+    decisions = decide_all(fmn, np.concatenate([noisy(sources[name], 400, rng) for name in order]))
+    assert decisions == [0] * 100 + [1] * 100 + [0] * 100 + [2] * 100 + [1] * 100
+    assert fmn.num_contexts == 3
+    assert fmn.context == 1
+    # Frozen inference names every source's context and changes nothing.
+    before = fmn.state_dict()
+    for name, expected in zip("ABC", (0, 1, 2)):
+        assert fmn.infer(noisy(sources[name], 4, rng)) == expected
+    assert np.array_equal(fmn.counts, before["counts"]) and fmn.windows_decided == before["windows_decided"]
+
+
+def test_switches_inside_windows_are_found_within_two_windows():
+    rng = np.random.default_rng(1)
+    a, b = pattern(10), pattern(11)
+    # Switches at frames 402 and 801: window 100 is half A, half B; window 200 is one B and three A.
+    fmn = ForgetMeNot()
+    decisions = decide_all(fmn, np.concatenate([noisy(a, 402, rng), noisy(b, 399, rng), noisy(a, 401, rng)]))
+    assert len(decisions) == 300
+    assert decisions[:100] == [0] * 100 and decisions[201:] == [0] * 99
+    assert decisions[101] != 0 and decisions[101:200] == [decisions[101]] * 99
+    assert set(change_points(decisions)) <= {100, 101, 200, 201}
+    # A window half A and half B fits neither model well: the uniform model may win it and start a context
+    # that the sources never come back to. Only a straddling window can do that.
+    assert fmn.num_contexts <= 3
+
+
+def test_polya_score_is_the_dirichlet_multinomial_marginal_likelihood():
+    rng = np.random.default_rng(2)
+    size, levels, alpha = 3, 4, 0.7
+    fmn = ForgetMeNot(levels=levels, window=3, size=size, alpha=alpha, max_count=10**6)
+    decide_all(fmn, rng.integers(0, 256, size=(30, size, size), dtype=np.uint8))
+    frames = rng.integers(0, 256, size=(5, size, size), dtype=np.uint8)
+    got = fmn.log_likelihoods(frames)
+    quantized = frames.astype(np.int64).reshape(5, -1) * levels // 256
+    for k, counts in enumerate(fmn.counts):
+        expected = 0.0
+        for p in range(size * size):  # log B(n + m + alpha) - log B(n + alpha), per pixel
+            n, m = counts[p], np.bincount(quantized[:, p], minlength=levels)
+            expected += (math.lgamma(n.sum() + levels * alpha) - math.lgamma(n.sum() + m.sum() + levels * alpha)
+                         + sum(math.lgamma(n[v] + m[v] + alpha) - math.lgamma(n[v] + alpha) for v in range(levels)))
+        assert got[k] == pytest.approx(expected, rel=1e-12, abs=1e-9)
+
+
+def test_preprocessing_pools_and_quantises():
+    fmn = ForgetMeNot(levels=8, size=2)
+    frame = np.array([[0, 255, 100, 100], [255, 0, 100, 100], [31, 32, 255, 255], [32, 33, 255, 254]], np.uint8)
+    # Means 127.5, 100, 32, 254.75 -> levels 3, 3, 1, 7. Already 2x2: 255 -> 7, 31 -> 0.
+    assert fmn._quantize(frame[None]).tolist() == [[3, 3, 1, 7]]
+    assert fmn._quantize(np.array([[[255, 31], [32, 0]]], np.uint8)).tolist() == [[7, 0, 1, 0]]
+
+
+def atari_frames(game: str, count: int, seed: int) -> np.ndarray:
+    """`count` observations of `game` as training sees them (the newest frame of each stack), random actions."""
+    from envs import NUM_ACTIONS, make_vector_env
+
+    env = make_vector_env(game, 1, num_threads=1)
+    try:
+        rng = np.random.default_rng(seed)
+        frames = [env.reset(seed=seed)[0, -1]]
+        while len(frames) < count:
+            frames.append(env.step(rng.integers(0, NUM_ACTIONS, size=1)).obs[0, -1])
+        return np.stack(frames)
+    finally:
+        env.close()
+
+
+def test_real_atari_stream_pong_breakout_pong():
+    pong, breakout = atari_frames("Pong", 600, seed=3), atari_frames("Breakout", 300, seed=4)
+    fmn = ForgetMeNot()
+    decisions = decide_all(fmn, np.concatenate([pong[:300], breakout, pong[300:]]))
+    assert decisions == [0] * 75 + [1] * 75 + [0] * 75
+    assert fmn.num_contexts == 2
+    assert fmn.infer(pong[-8:]) == 0 and fmn.infer(breakout[-8:]) == 1
+
+
+def test_state_dict_resumes_bit_for_bit():
+    rng = np.random.default_rng(5)
+    stream = np.concatenate([noisy(pattern(seed), 203, rng) for seed in (20, 21, 20, 22)])
+    uninterrupted = ForgetMeNot(max_count=100)
+    expected = [uninterrupted.observe(frame) for frame in stream]
+    half = len(stream) // 2 + 1  # mid-window
+    first = ForgetMeNot(max_count=100)
+    got = [first.observe(frame) for frame in stream[:half]]
+    state = first.state_dict()
+    assert all(isinstance(v, (np.ndarray, int, float, type(None), dict)) for v in state.values())
+    resumed = ForgetMeNot(max_count=100)
+    resumed.load_state_dict(state)
+    got += [resumed.observe(frame) for frame in stream[half:]]
+    assert got == expected
+    final, reference = resumed.state_dict(), uninterrupted.state_dict()
+    assert final.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == final[key].dtype and np.array_equal(value, final[key]), key
+        else:
+            assert value == final[key], key
+    assert np.array_equal(resumed._window_normalizers, uninterrupted._window_normalizers)  # derived, not stored
+    with pytest.raises(ValueError, match="built with"):
+        ForgetMeNot(levels=4).load_state_dict(state)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="levels"):
+        ForgetMeNot(levels=1)
+    with pytest.raises(ValueError, match="window"):
+        ForgetMeNot(window=0)
+    with pytest.raises(ValueError, match="switch_prior"):
+        ForgetMeNot(switch_prior=0.0)
+    fmn = ForgetMeNot()
+    with pytest.raises(ValueError, match="No context"):
+        fmn.infer(np.zeros((4, 84, 84), np.uint8))
+    with pytest.raises(ValueError, match=r"shape \(80, 80\)"):
+        fmn.observe(np.zeros((80, 80), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        fmn.observe(np.zeros((84, 84), np.float32))
+    assert fmn.frames_observed == 0  # a rejected frame is not counted
+
+
+def test_max_contexts_sends_new_sources_to_the_best_existing_context():
+    rng = np.random.default_rng(6)
+    fmn = ForgetMeNot(max_contexts=2)
+    decisions = decide_all(fmn, np.concatenate([noisy(pattern(seed), 200, rng) for seed in (30, 31, 32)]))
+    assert fmn.num_contexts == 2 and set(decisions[100:]) <= {0, 1}
+    assert np.isfinite(fmn.log_posterior).all()
+
+
+def test_margin_keeps_a_source_in_its_context():
+    rng = np.random.default_rng(7)
+    frames = np.concatenate([noisy(pattern(40), 200, rng), noisy(pattern(41), 200, rng)])
+    guarded = ForgetMeNot(new_context_margin=1e9)
+    assert set(decide_all(guarded, frames)) == {0} and guarded.num_contexts == 1
+
+
+def test_long_run_stays_finite_and_keeps_hearing_switches():
+    """50,000 windows (8x8 frames to keep it cheap), two sources alternating every 5,000 windows."""
+    rng = np.random.default_rng(8)
+    window, size, block = 4, 8, 5000
+    sources = [noisy(pattern(seed, (size, size)), 64, rng, noise=8) for seed in (50, 51)]
+    fmn = ForgetMeNot(window=window, size=size)
+    decisions = []
+    for w in range(10 * block):
+        frames = sources[(w // block) % 2]
+        for j in range(window):
+            decision = fmn.observe(frames[(w * window + j) % len(frames)])
+        decisions.append(decision)
+    assert decisions == [(w // block) % 2 for w in range(10 * block)]
+    assert fmn.windows_decided == 10 * block and fmn.frames_observed == 10 * block * window
+    assert fmn.windows_since_switch == block - 1
+    assert np.isfinite(fmn.log_posterior).all() and fmn.log_posterior.max() == pytest.approx(0.0)
+    assert fmn.counts.max() <= fmn.max_count and (fmn._totals > fmn.max_count // 2 - fmn.levels).all()
+    # Full-run magnitudes: after 2^40 windows in one context the switch prior is ~1e-13, and a switch still wins.
+    fmn.windows_since_switch = 2**40
+    assert decide_all(fmn, sources[0][:window]) == [0]
