@@ -103,7 +103,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from agent.checkpoint import load_checkpoint, load_latest
     from agent.config import resolve_device, validate_config
     from agent.evaluation import evaluate_games
-    from agent.networks import QNetwork
+    from agent.networks import QNetwork, using_task
+    from agent.tasks import Tasks
     from agent.video import check_video_library, record_video, video_path
     from envs import NUM_ACTIONS, derive_seed, resolve_game
 
@@ -145,7 +146,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    network = QNetwork(NUM_ACTIONS, config.network.architecture).to(device)
+    tasks = Tasks(config)  # which task parameters play each game: the label's, or the inferred context's
+    tasks.load_state_dict(state.get("tasks", {}))
+    network = QNetwork(NUM_ACTIONS, config.network.architecture, num_tasks=tasks.num_tasks).to(device)
     network.load_state_dict(state["learner"]["online"])
     network.eval()
     settings = config.env.atari_settings(args.max_episode_frames)
@@ -156,7 +159,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
         try:
             results = evaluate_games(network, games, args.episodes, args.epsilon, args.seed, settings,
-                                     args.num_envs, on_episode=on_episode)
+                                     args.num_envs, on_episode=on_episode, task_of=tasks.task_of)
         except KeyboardInterrupt:
             print("\nInterrupted: nothing was written.", file=sys.stderr)
             return 130
@@ -172,8 +175,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         for index, game in enumerate(games):
             target = video_path(args.video, game, step)
             try:
-                frames = record_video(network, game, target, args.video_frames, args.epsilon,
-                                      derive_seed(args.seed, index), settings)
+                with using_task(network, results["games"][game].get("task")):
+                    frames = record_video(network, game, target, args.video_frames, args.epsilon,
+                                          derive_seed(args.seed, index), settings)
             except KeyboardInterrupt:
                 print(f"\nInterrupted: no video of {game} was written.", file=sys.stderr)
                 return 130

@@ -140,6 +140,27 @@ class ScheduleConfig(_Section):
 class NetworkConfig(_Section):
     architecture: Literal["nature", "large"] = "nature"
     """nature: Mnih et al. 2015 (32/64/64, fc 512); large: Kirkpatrick et al. 2017 (32/64/128, fc 1024)."""
+    task_params: bool = False
+    """Per-task gains and biases on every layer, y = (W x + b_c) * g_c (Kirkpatrick et al. 2017): W shared and
+    protected by consolidation, b_c (init 0) and g_c (init 1) trained only while task c is trained. A task is a
+    game (task_inference: labels) or an inferred context (fmn: fmn.max_contexts slots)."""
+
+
+class FMNConfig(_Section):
+    """The Forget-Me-Not process that infers the context when task_inference is fmn (agent/task_inference.py)."""
+
+    levels: int = Field(8, ge=2, le=256)
+    """Gray levels of the 42x42 downsampled frames each context models (Dirichlet-multinomial per pixel)."""
+    window: int = Field(4, gt=0)
+    """Observations per decision (one frame of env 0 per vector step)."""
+    alpha: float = Field(0.05, gt=0)
+    """Dirichlet prior count per gray level (0.05 tells apart more Atari games than 0.5: an unseen level costs more)."""
+    switch_prior: float = Field(0.1, gt=0, lt=1)
+    """Prior probability of a switch at a decision, decaying with the windows since the last switch."""
+    max_contexts: int = Field(16, gt=0)
+    """Most contexts ever created (network slots for task_params)."""
+    new_context_margin: float = Field(0.0, ge=0)
+    """Extra log-evidence the held-out uniform model needs over every context before a new context is made."""
 
 
 class DQNConfig(_Section):
@@ -243,6 +264,12 @@ class TrainConfig(_Section):
     env: EnvConfig = EnvConfig()
     schedule: ScheduleConfig
     network: NetworkConfig = NetworkConfig()
+    task_inference: Literal["labels", "fmn"] = "labels"
+    """labels: the schedule says which game is played. fmn: the agent is not told; a Forget-Me-Not process infers
+    the context, which then selects the replay buffer, the task parameters, the active anchors and the anchor
+    refreshed at a detected switch (epsilon's visit/game timers follow the context too). The true game is only
+    logged (contexts.csv)."""
+    fmn: FMNConfig = FMNConfig()
     dqn: DQNConfig = DQNConfig()
     epsilon: EpsilonConfig = EpsilonConfig()
     replay: ReplayConfig = ReplayConfig()

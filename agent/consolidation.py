@@ -17,6 +17,10 @@ However many anchors are active, the penalty costs one pass over the parameters:
 active anchors are combined once whenever the active set changes, using
 sum_k F_k (theta - a_k)^2 = A (theta - mu)^2 + c with A = sum_k F_k,
 mu = sum_k F_k a_k / A and c = sum_k F_k (a_k - mu)^2 (computed in float64).
+
+Only the shared parameters are anchored (`shared_parameters`): per-task gains and biases
+(`network.task_params`) are trained by their own task alone and need no protection. The
+anchors' keys are whatever the loop calls a task: a game, or an inferred context.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from agent.fisher import PerSampleLoss, estimate_fisher
+from agent.fisher import PerSampleLoss, estimate_fisher, shared_parameters
 
 METHODS = ("none", "l2", "ewc", "online_ewc")
 NORMALIZATIONS = ("none", "mean", "max")
@@ -73,7 +77,7 @@ class Consolidator:
             return {}
         if steps_trained is not None and steps_trained < self.min_steps_to_protect:
             return {}
-        params = {name: p.detach().clone() for name, p in model.named_parameters()}
+        params = {name: p.detach().clone() for name, p in shared_parameters(model).items()}
         if self.method == "l2":
             importance = {name: torch.ones_like(p) for name, p in params.items()}
         else:
@@ -112,7 +116,7 @@ class Consolidator:
             return torch.zeros((), device=device)
         weights, centres, constant = self._combine(current_game)
         total = torch.zeros((), device=device)
-        for name, param in model.named_parameters():
+        for name, param in shared_parameters(model).items():
             total = total + (weights[name] * (param - centres[name]).square()).sum()
         return 0.5 * self.lambda_ * (total + constant.to(total.dtype))
 

@@ -84,6 +84,12 @@ class DQNLearner:
         self.optimizer.step()
         return grad_norm
 
+    def set_task(self, task: int | None) -> None:
+        """Select task `task`'s gains and biases in both networks (None, or no task parameters: no change)."""
+        for network in (self.online, self.target):
+            if hasattr(network, "set_task"):
+                network.set_task(task)
+
     def sync_target(self) -> None:
         self.target.load_state_dict(self.online.state_dict())
 

@@ -3,6 +3,10 @@
 Each env plays a fixed share of the episodes (env i plays episodes i, i+N, ...), so
 the mean is not biased toward short episodes, which finish first. Raw game scores,
 the training protocol's preprocessing and sticky actions, no life-loss signal.
+
+With per-task gains and biases, `task_of(game, first_observations)` says which task's
+parameters play the game: the schedule's index of the game (labels), or the context a
+task-inference model infers from the first frames (agent/tasks.py).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import torch
 from torch import nn
 
 from agent.dqn import epsilon_greedy
+from agent.networks import using_task
 from envs import NUM_ACTIONS, AtariSettings, derive_seed, human_normalized_score, make_vector_env
 
 
 def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float = 0.05, seed: int = 0,
                   settings: AtariSettings | None = None, num_envs: int = 8, backend: str = "ale_vector",
                   on_episode: Callable[[str, int], None] | None = None,
-                  poll: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """{"returns": [...], "lengths": [...]} of `episodes` complete episodes of `game`.
+                  poll: Callable[[], None] | None = None,
+                  task_of: Callable[[str, np.ndarray], int | None] | None = None) -> dict:
+    """{"returns": [...], "lengths": [...], "task": index or None} of `episodes` complete episodes of `game`.
 
     `seed` is any non-negative integer (the env seed is derived from it into ale-py's range);
     `on_episode(game, finished)` is called at the start and after every finished episode;
@@ -42,13 +48,15 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
         if on_episode is not None:
             on_episode(game, 0)
         obs = env.reset(seed=derive_seed(seed))
+        task = task_of(game, obs) if task_of is not None else None
         finished = np.zeros(num_envs, dtype=np.int64)
         running = np.zeros(num_envs)
         running_len = np.zeros(num_envs, dtype=np.int64)
         while (finished < quota).any():
             if poll is not None:
                 poll()
-            actions = epsilon_greedy(network, obs, epsilon, rng, device, NUM_ACTIONS)
+            with using_task(network, task):
+                actions = epsilon_greedy(network, obs, epsilon, rng, device, NUM_ACTIONS)
             step = env.step(actions)
             counting = ~step.was_reset & (finished < quota)
             running += np.where(counting, step.reward, 0.0)
@@ -63,7 +71,7 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
             obs = step.obs
     finally:
         env.close()
-    return {"returns": returns, "lengths": lengths}
+    return {"returns": returns, "lengths": lengths, "task": task}
 
 
 def summarize(game: str, returns: list[float]) -> dict[str, float]:
@@ -85,14 +93,18 @@ def summarize(game: str, returns: list[float]) -> dict[str, float]:
 def evaluate_games(network: nn.Module, games: list[str], episodes: int, epsilon: float, seed: int,
                    settings: AtariSettings | None = None, num_envs: int = 8,
                    on_episode: Callable[[str, int], None] | None = None,
-                   poll: Callable[[], None] | None = None) -> dict:
-    """The JSON-ready summary of every game, plus the mean human-normalised score.
+                   poll: Callable[[], None] | None = None,
+                   task_of: Callable[[str, np.ndarray], int | None] | None = None) -> dict:
+    """The JSON-ready summary of every game (with the task index that played it), plus the mean
+    human-normalised score.
 
     Game i plays with the seed derived from (seed, i): any non-negative `seed` is valid."""
     results = {}
     for index, game in enumerate(games):
         played = play_episodes(network, game, episodes, epsilon, derive_seed(seed, index), settings, num_envs,
-                               on_episode=on_episode, poll=poll)
+                               on_episode=on_episode, poll=poll, task_of=task_of)
         results[game] = summarize(game, played["returns"])
+        if played["task"] is not None:
+            results[game]["task"] = played["task"]
     normalised = [r["human_normalized"] for r in results.values() if r["human_normalized"] is not None]
     return {"games": results, "mean_human_normalized": float(np.mean(normalised)) if normalised else None}

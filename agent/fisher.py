@@ -16,6 +16,12 @@ records each layer's input; one backward pass per cotangent gives each layer's o
 gradients; the per-sample squared weight gradients follow per layer, for all
 cotangents at once: Linear: (sum_k g_k^2)^T (x^2); Conv2d: the square of the
 per-sample sum over positions of g x_unfolded^T. Supported parameterised layers: nn.Linear and nn.Conv2d (groups=1).
+
+Modules marked `task_specific = True` (per-task gains and biases, agent/networks.py) are
+left out: only the shared parameters (`shared_parameters`) get a Fisher and a penalty.
+A layer's output gradient is taken where the layer writes it, before any task-specific
+module that follows, so the shared weights' Fisher is exact under the current task's
+gains and biases.
 """
 
 from __future__ import annotations
@@ -30,11 +36,22 @@ ESTIMATORS = ("expected", "sampled", "empirical")
 PerSampleLoss = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
+def _task_specific_prefixes(model: nn.Module) -> list[str]:
+    return [name + "." for name, module in model.named_modules() if getattr(module, "task_specific", False)]
+
+
+def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters consolidation protects: all but those of `task_specific` modules."""
+    skipped = tuple(_task_specific_prefixes(model))
+    return {name: param for name, param in model.named_parameters() if not (skipped and name.startswith(skipped))}
+
+
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     layers = []
+    skipped = tuple(_task_specific_prefixes(model))
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
-        if not own:
+        if not own or getattr(module, "task_specific", False) or (skipped and (name + ".").startswith(skipped)):
             continue
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise TypeError(f"Layer {name!r}: grouped convolutions are not supported by the batched Fisher.")
@@ -105,7 +122,7 @@ def estimate_fisher(model: nn.Module, states: torch.Tensor, estimator: str = "ex
         raise ValueError("The Fisher needs at least one state.")
     layers = _layers(model)
     device = next(model.parameters()).device
-    fisher = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    fisher = {name: torch.zeros_like(p) for name, p in shared_parameters(model).items()}
     records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(name):

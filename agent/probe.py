@@ -3,7 +3,8 @@
 When a game is left, a few hundred of its replayed states are kept with the
 network's Q-values on them. Later, for each such game, the probe reports the
 fraction of those states whose greedy action is unchanged and the mean absolute
-change of the Q-values. It works the same whatever the consolidation method.
+change of the Q-values. It works the same whatever the consolidation method. With per-task gains and biases the
+snapshot remembers which task's parameters it used, and is measured with the same ones.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from agent.networks import using_task
+
 
 class RetentionProbe:
     def __init__(self):
-        # game -> {"states": uint8 (n, 4, 84, 84), "q": float (n, A)} at the moment the game was left
+        # game -> {"states": uint8 (n, 4, 84, 84), "q": float (n, A), "task": the network's task index or None}
+        # at the moment the game was left
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def snapshot(self, game: str, model: nn.Module, states: torch.Tensor, batch_size: int = 256) -> None:
         states = states.cpu()
-        self.snapshots[game] = {"states": states, "q": _q_values(model, states, batch_size)}
+        self.snapshots[game] = {"states": states, "q": _q_values(model, states, batch_size),
+                                "task": getattr(model, "task", None)}
 
     @torch.no_grad()
     def measure(self, model: nn.Module, current_game: str | None = None,
@@ -30,7 +35,8 @@ class RetentionProbe:
         for game, snap in self.snapshots.items():
             if game == current_game:
                 continue
-            q_now = _q_values(model, snap["states"], batch_size)
+            with using_task(model, snap.get("task")):
+                q_now = _q_values(model, snap["states"], batch_size)
             results[game] = {
                 "agreement": (q_now.argmax(1) == snap["q"].argmax(1)).float().mean().item(),
                 "q_drift": (q_now - snap["q"]).abs().mean().item(),

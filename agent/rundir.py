@@ -1,4 +1,5 @@
-"""The run directory is the run's record: config, visit order, eval.csv and TensorBoard events.
+"""The run directory is the run's record: config, visit order, eval.csv (contexts.csv when the
+context is inferred) and TensorBoard events.
 
 Every point is written once. A checkpoint records how many bytes of eval.csv and of each
 event file it covers (the writer is flushed first); a resume from it cuts the files back
@@ -23,7 +24,8 @@ import yaml
 
 EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 # The names a run keeps; evaluate.py refuses to write over any of them.
-RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv")
+RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv", "contexts.csv")
+CSV_FILES = ("eval.csv", "contexts.csv")  # appended to; a checkpoint records their sizes
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
 
@@ -71,11 +73,15 @@ def _write_versioned(path: Path, text: str, step: int) -> None:
 
 def append_eval_rows(run_dir: Path, rows: list[list]) -> None:
     """Append one evaluation's rows to eval.csv (with its header if new) in one write."""
-    path = run_dir / "eval.csv"
+    append_rows(run_dir / "eval.csv", EVAL_COLUMNS, rows)
+
+
+def append_rows(path: Path, columns: tuple[str, ...], rows: list[list]) -> None:
+    """Append rows to a CSV file of the record (with its header if new) in one write."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if not path.exists() or path.stat().st_size == 0:
-        writer.writerow(EVAL_COLUMNS)
+        writer.writerow(columns)
     writer.writerows(rows)
     with open(path, "a", newline="") as handle:
         handle.write(buffer.getvalue())
@@ -84,19 +90,19 @@ def append_eval_rows(run_dir: Path, rows: list[list]) -> None:
 
 
 def record_sizes(run_dir: Path) -> dict[str, int]:
-    """Bytes of eval.csv and of every event file now: what a checkpoint taken now covers (the
+    """Bytes of eval.csv, contexts.csv and every event file now: what a checkpoint taken now covers (the
     TensorBoard writer is flushed first)."""
-    sizes = {"eval.csv": _size(run_dir / "eval.csv")}
+    sizes = {name: _size(run_dir / name) for name in CSV_FILES}
     for path in _event_files(run_dir):
         sizes[f"tb/{path.name}"] = path.stat().st_size
     return sizes
 
 
 def truncate_to(run_dir: Path, sizes: dict[str, int]) -> None:
-    """Cut eval.csv and the event files back to a checkpoint's `sizes`, and delete the event files
+    """Cut the CSV files and the event files back to a checkpoint's `sizes`, and delete the event files
     made after it: what a killed run logged after its checkpoint goes, to be logged again. A row or
     record half written by the kill goes with it."""
-    for path in [run_dir / "eval.csv", *_event_files(run_dir)]:
+    for path in [*(run_dir / name for name in CSV_FILES), *_event_files(run_dir)]:
         if not path.exists():
             continue
         kept = sizes.get(str(path.relative_to(run_dir)), 0)

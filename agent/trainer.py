@@ -2,7 +2,10 @@
 
 act -> step -> store -> (every `train_every` steps) sample -> loss -> update,
 and at each game switch: evaluate -> consolidate -> snapshot for the retention
-probe -> milestone and checkpoint -> new envs. The one place where the environments
+probe -> milestone and checkpoint -> new envs. Replay buffers, anchors and task
+parameters are keyed by the current task (agent/tasks.py): the game, or with
+`task_inference: fmn` the inferred context, whose changes are then the switches that
+consolidate (the schedule's switches only change the envs). The one place where the environments
 meet the learner (evaluation plays episodes on its own, in agent/evaluation.py).
 
 A stop signal (SIGTERM, SIGINT) is acted on within one vector step, one evaluation
@@ -41,6 +44,7 @@ from agent.graphed import GraphedUpdate, eager_update
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
+from agent.tasks import CONTEXTS_COLUMNS, Tasks
 from envs import NUM_ACTIONS, derive_seed
 
 EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
@@ -72,6 +76,10 @@ class Progress:
     eval_due: bool = False  # an evaluation is owed at global_step (not yet run, or abandoned by a stop)
     visit_done: bool = False  # the visit's steps are done: its evaluation, consolidation and switch remain
     seconds: float = 0.0  # training wall time over all sessions of the run, up to the last checkpoint
+    task: str = ""  # the current task key: the game, or the inferred context (agent/tasks.py)
+    task_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # agent steps per task key
+    task_since: int = 0  # global step at which the current task key began
+    pending_switch: str = ""  # fmn: the context decided, whose switch (consolidation) is not done yet
 
 
 class Trainer:
@@ -86,7 +94,9 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.fisher_generator = torch.Generator().manual_seed(config.seed)
 
-        self.network = QNetwork(NUM_ACTIONS, config.network.architecture).to(self.device)
+        self.tasks = Tasks(config)
+        self.network = QNetwork(NUM_ACTIONS, config.network.architecture,
+                                num_tasks=self.tasks.num_tasks).to(self.device)
         dqn = config.dqn
         graphed = dqn.cuda_graph and self.device.type == "cuda"
         self.learner = DQNLearner(self.network, dqn.learning_rate, dqn.adam_eps, dqn.gamma, dqn.double_dqn,
@@ -207,7 +217,18 @@ class Trainer:
                       num_threads=cfg.env.num_threads, life_loss_terminal=cfg.env.life_loss_terminal,
                       bf16=cfg.dqn.precision == "bf16")
         n, overlap = actor.num_envs, cfg.env.overlap
-        replay = self._replay(game)
+        if self.tasks.inferred:
+            if not progress.task:
+                progress.task = self.tasks.first_key(game)
+            if progress.step_in_visit == 0:  # the true switch, for measurement only
+                self._log_context(game, progress.task, "visit")
+            if progress.pending_switch:  # a stop interrupted a context switch: finish it
+                self._change_context(game)
+        else:
+            if progress.task != game:
+                progress.task, progress.task_since = game, progress.global_step
+        self.learner.set_task(self.tasks.index(progress.task))
+        replay = self._replay(progress.task)
         replay.close_episodes()  # new envs: no episode continues from the buffer's last one
         game_index = cfg.schedule.games.index(game)
         self._window.returns.clear()  # the bar shows this game's returns, not the previous game's
@@ -222,15 +243,21 @@ class Trainer:
                 progress.step_in_visit += n
                 progress.global_step += n
                 progress.game_steps[game] = progress.game_steps.get(game, 0) + n
+                progress.task_steps[progress.task] = progress.task_steps.get(progress.task, 0) + n
                 if overlap:  # the updates run while the emulators step; they sample the replay as it was
-                    self._learn(game, replay, n)
+                    self._learn(progress.task, replay, n)
                 step = actor.recv()
                 replay.add(step.obs, step.actions, step.rewards, step.dones, step.episode_over, step.next_obs,
                            mask=step.real)
                 if len(step.ended_returns):
                     self._log_episodes(game, step.ended_returns, step.ended_lengths)
                 if not overlap:
-                    self._learn(game, replay, n)
+                    self._learn(progress.task, replay, n)
+                decided = self.tasks.observe(step.next_obs[0, -1])  # None in labels mode
+                if decided is not None and decided != progress.task:
+                    progress.pending_switch = decided
+                    self._change_context(game)
+                    replay = self._replay(progress.task)
 
                 step_now = progress.global_step
                 logged = _crossed(step_now, n, cfg.logging.log_every)
@@ -238,7 +265,7 @@ class Trainer:
                     self._log_scalars(epsilon, game_index)
                 self.console.advance(n, self._window.postfix() if logged else None)
                 if _crossed(step_now, n, cfg.consolidation.probe_every):
-                    self._log_retention(game)
+                    self._log_retention(progress.task)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
                     self._end_visit()
                     break
@@ -254,7 +281,7 @@ class Trainer:
         self.progress.visit_done = True
         self.progress.eval_due = True  # the end-of-visit evaluation, before the switch
 
-    def _learn(self, game: str, replay: FrameReplay, new_steps: int) -> None:
+    def _learn(self, task: str, replay: FrameReplay, new_steps: int) -> None:
         dqn, progress = self.config.dqn, self.progress
         if len(replay) < max(dqn.learning_starts, 1) and not replay.full:
             return
@@ -262,36 +289,66 @@ class Trainer:
         while progress.update_credit >= 1:
             progress.update_credit -= 1
             batch = replay.sample(dqn.batch_size, self.rng, self.device)
-            self._window.add_update(*self.update(batch, game))
+            self._window.add_update(*self.update(batch, task))
             progress.updates += 1
         if progress.global_step - progress.last_target_sync >= dqn.target_update_every:
             self.learner.sync_target()
             progress.last_target_sync = progress.global_step
 
     def _switch_from(self, game: str) -> None:
-        """Consolidate the game being left, snapshot it for the probe, keep a milestone, checkpoint."""
-        cons, progress = self.config.consolidation, self.progress
-        replay = self.replays.get(game)
-        if replay is not None and len(replay) > 0:
-            started = time.perf_counter()
-            self.console.line(f"[step {progress.global_step:,}] consolidating {game}")
-            rng_before = self._rng_state()
-            try:
-                stats = self._consolidate(game, replay)
-            except Interrupted:
-                self._load_rng_state(rng_before)  # the resumed run redoes this estimate exactly
-                raise
-            for name, value in stats.items():
-                self.writer.add_scalar(f"ewc/{game}/fisher_{name}", value, progress.global_step)
-            self.writer.add_scalar("ewc/consolidation_seconds", time.perf_counter() - started, progress.global_step)
-            if cons.probe_states:
-                states = torch.from_numpy(replay.sample_states(cons.probe_states, self.rng))
-                self.probe.snapshot(game, self.network, states)
+        """Consolidate the game being left, snapshot it for the probe, keep a milestone, checkpoint.
+
+        With inferred contexts the agent is not told of this switch: only the envs change here."""
+        progress = self.progress
+        if not self.tasks.inferred:
+            self._consolidate_task(game)
         progress.visit += 1
         progress.step_in_visit = 0
         progress.visit_done = False
         self._save_milestone(game)  # before the checkpoint: a kill in between redoes both
         self.save()
+
+    def _change_context(self, game: str) -> None:
+        """fmn decided another context: consolidate the one being left, then train the new one."""
+        progress = self.progress
+        old, new = progress.task, progress.pending_switch
+        self._consolidate_task(old)
+        if old in self.replays:
+            self.replays[old].close_episodes()  # the episodes in progress continue in the new context's buffer
+        event = "switch" if new in progress.task_steps else "new"
+        progress.task, progress.task_since, progress.pending_switch = new, progress.global_step, ""
+        self.learner.set_task(self.tasks.index(new))
+        self._log_context(game, new, event)
+        self.console.line(f"[step {progress.global_step:,}] {game}: {old} -> {new}"
+                          + (" (new)" if event == "new" else ""))
+
+    def _log_context(self, game: str, key: str, event: str) -> None:
+        progress = self.progress
+        rundir.append_rows(self.run_dir / "contexts.csv", CONTEXTS_COLUMNS,
+                           [[progress.global_step, progress.visit, game, key, event]])
+        self.writer.add_scalar("task/context", int(key.removeprefix("context")), progress.global_step)
+        self.writer.add_scalar("task/contexts", self.tasks.num_contexts, progress.global_step)
+
+    def _consolidate_task(self, key: str) -> None:
+        """The anchor of task `key` (a game or a context), which is being left, and its probe snapshot."""
+        cons, progress = self.config.consolidation, self.progress
+        replay = self.replays.get(key)
+        if replay is None or len(replay) == 0:
+            return
+        started = time.perf_counter()
+        self.console.line(f"[step {progress.global_step:,}] consolidating {key}")
+        rng_before = self._rng_state()
+        try:
+            stats = self._consolidate(key, replay)
+        except Interrupted:
+            self._load_rng_state(rng_before)  # the resumed run redoes this estimate exactly
+            raise
+        for name, value in stats.items():
+            self.writer.add_scalar(f"ewc/{key}/fisher_{name}", value, progress.global_step)
+        self.writer.add_scalar("ewc/consolidation_seconds", time.perf_counter() - started, progress.global_step)
+        if cons.probe_states:
+            states = torch.from_numpy(replay.sample_states(cons.probe_states, self.rng))
+            self.probe.snapshot(key, self.network, states)
 
     def _consolidate(self, game: str, replay: FrameReplay) -> dict[str, float]:
         cons = self.config.consolidation
@@ -310,7 +367,7 @@ class Trainer:
                     return per_sample_td_loss(outputs, batch.actions[rows], targets[rows],
                                               self.config.dqn.huber_delta)
 
-        return self.consolidator.consolidate(game, self.network, states, self.progress.game_steps[game],
+        return self.consolidator.consolidate(game, self.network, states, self._steps_on(game),
                                              td_losses, self.fisher_generator, poll=self._check_stop)
 
     # ---------------------------------------------------------------- helpers
@@ -321,10 +378,20 @@ class Trainer:
                                              device=self.device if on_device else None)
         return self.replays[game]
 
+    def _steps_on(self, key: str) -> int:
+        """Agent steps trained on task `key` (checkpoints before task keys counted games only)."""
+        progress = self.progress
+        return progress.task_steps.get(key, 0) if self.tasks.inferred else progress.game_steps.get(key, 0)
+
     def _epsilon(self, game: str) -> float:
+        """Epsilon from the timer epsilon.restart names; with inferred contexts a visit is the time since the
+        context began, a game the context's steps (the agent does not know the schedule)."""
         eps, progress = self.config.epsilon, self.progress
-        timer = {"visit": progress.step_in_visit, "game": progress.game_steps.get(game, 0),
-                 "never": progress.global_step}[eps.restart]
+        if self.tasks.inferred:
+            visit, game_steps = progress.global_step - progress.task_since, self._steps_on(progress.task)
+        else:
+            visit, game_steps = progress.step_in_visit, progress.game_steps.get(game, 0)
+        timer = {"visit": visit, "game": game_steps, "never": progress.global_step}[eps.restart]
         return linear_epsilon(timer, eps.start, eps.end, eps.decay_steps)
 
     def _log_episodes(self, game: str, episodic_returns: np.ndarray, lengths: np.ndarray) -> None:
@@ -349,8 +416,7 @@ class Trainer:
         writer.add_scalar("charts/epsilon", epsilon, step)
         writer.add_scalar("charts/game_index", game_index, step)
         writer.add_scalar("charts/updates", self.progress.updates, step)
-        writer.add_scalar("ewc/num_anchors", len(self.consolidator.active_anchors(self.visits[self.progress.visit])),
-                          step)
+        writer.add_scalar("ewc/num_anchors", len(self.consolidator.active_anchors(self.progress.task)), step)
 
     def _log_retention(self, game: str) -> None:
         for other, result in self.probe.measure(self.network, current_game=game).items():
@@ -374,10 +440,13 @@ class Trainer:
         results = evaluate_games(self.network, games, cfg.episodes, cfg.epsilon,
                                  seed=derive_seed(self.config.seed, progress.global_step, 7919),
                                  settings=self.config.env.atari_settings(cfg.max_episode_frames),
-                                 num_envs=cfg.num_envs, on_episode=on_episode, poll=self._check_stop)
+                                 num_envs=cfg.num_envs, on_episode=on_episode, poll=self._check_stop,
+                                 task_of=self.tasks.task_of)
         rows = []
         for game, row in results["games"].items():
             self.writer.add_scalar(f"eval/{game}/return", row["mean"], progress.global_step)
+            if "task" in row:
+                self.writer.add_scalar(f"eval/{game}/task", row["task"], progress.global_step)
             rows.append([progress.global_step, progress.visit, trained, game, row["mean"], row["std"],
                          row["episodes"], "" if row["human_normalized"] is None else row["human_normalized"]])
         if results["mean_human_normalized"] is not None:
@@ -446,6 +515,7 @@ class Trainer:
             "learner": self.learner.state_dict(),
             "consolidator": self.consolidator.state_dict(),
             "probe": self.probe.state_dict(),
+            "tasks": self.tasks.state_dict(),
             "rng": self._rng_state(),
         }
         if self.config.checkpoint.replay:
@@ -458,6 +528,7 @@ class Trainer:
         self.learner.load_state_dict(state["learner"])
         self.consolidator.load_state_dict(state["consolidator"], self.device)
         self.probe.load_state_dict(state["probe"])
+        self.tasks.load_state_dict(state.get("tasks", {}))
         self._load_rng_state(state["rng"])
         self._record = state.get("record")
         for game, replay_state in state.get("replay", {}).items():
@@ -483,6 +554,7 @@ class Trainer:
         anchor = self.consolidator.anchors.get(game) or self.consolidator.anchors.get(ONLINE)
         state = {"config": self.config.to_dict(), "progress": dataclasses.asdict(self.progress),
                  "learner": {"online": self.learner.state_dict()["online"]}, "left_game": game,
+                 "tasks": self.tasks.state_dict(),
                  "anchor_importance": anchor["importance"] if anchor else {}}
         # A resumed run that redoes this switch writes the same milestone again: replace it.
         return save_checkpoint(self.run_dir / "milestones", self.progress.global_step, state, keep=None,

@@ -6,6 +6,8 @@
 metrics.json: for every run, CORA's isolated forgetting forgetting[game][by_game] and zero-shot
 forward transfer forward_transfer[game][from_game], their means (mean_forgetting,
 mean_forward_transfer), the final scores and the score matrix (one run: an object; several: a list).
+A run trained with task_inference: fmn also gets `task_inference` from its contexts.csv: steps from each
+true switch to its detection, context purity, contexts created against games visited.
 
 With several runs of a method, aggregates.json and aggregates.md: per method (--group), the mean and the
 interquartile mean with 95% stratified-bootstrap confidence intervals of the final human-normalised
@@ -20,6 +22,7 @@ one matrix_<run>.png per run (the normalised score on game i after visit j).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from agent.metrics import EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run  # noqa: E402
+from agent.tasks import task_inference_summary  # noqa: E402
 
 EXTRA_HINT = "pip install -e '.[report]'"
 
@@ -208,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         for log in runs:
             by_run[log.name] = dict(compute_metrics(log, scale, args.smoothing), group=method)
     metrics = [by_run[log.name] for log in logs]
+    inferred = []
+    for path, m in zip(args.runs, metrics):
+        if (path / "contexts.csv").is_file():
+            with open(path / "contexts.csv", newline="") as handle:
+                m["task_inference"] = task_inference_summary(list(csv.DictReader(handle)), m["final_step"])
+            inferred.append(m)
     metrics_of = {method: [by_run[log.name] for log in runs] for method, runs in groups.items()}
     (out / "metrics.json").write_text(json.dumps(metrics if len(metrics) > 1 else metrics[0], indent=2))
     print("| run | method | final human-normalised | mean forgetting | mean forward transfer |\n"
@@ -215,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     for m in metrics:
         cells = [m["mean_final_human_normalized"], m["mean_forgetting"], m["mean_forward_transfer"]]
         print(f"| {m['run']} | {m['group']} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+    if inferred:
+        print("\n| run (fmn) | true switches | detected | median delay (steps) | max delay | purity "
+              "| contexts / games |\n|---|---:|---:|---:|---:|---:|---:|")
+        for m in inferred:
+            t = m["task_inference"]
+            print(f"| {m['run']} | {t['switches']} | {t['detected']} | {t['median_delay_steps']} | "
+                  f"{t['max_delay_steps']} | {t['purity']:.3f} | {t['contexts_created']} / {t['games_visited']} |")
     written = ["metrics.json"]
 
     summary = None

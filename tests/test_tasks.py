@@ -1,0 +1,100 @@
+"""Task keys end to end: per-task parameters and Forget-Me-Not contexts on real games, through train, a stop
+in the middle of a context switch, resume, evaluate and report; and the measurement of the inference."""
+
+import csv
+import json
+import signal
+
+import pytest
+from scripts_helper import report_main
+from test_train import SMOKE, TINY
+
+from agent import trainer as trainer_module
+from agent.checkpoint import load_latest
+from agent.cli import evaluate_main, train_main
+from agent.tasks import task_inference_summary
+
+
+def rows(*items):
+    return [dict(zip(("step", "visit", "game", "context", "event"), map(str, item))) for item in items]
+
+
+def test_the_summary_measures_delay_purity_and_contexts_by_hand():
+    log = rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context0", "visit"), (108, 1, "B", "context1", "new"),
+               (150, 1, "B", "context0", "switch"), (160, 1, "B", "context1", "switch"),  # a false alarm
+               (200, 2, "A", "context1", "visit"), (216, 2, "A", "context0", "switch"))
+    summary = task_inference_summary(log, final_step=300)
+    # context0: A 100 + 84, B 8 + 10; context1: B 42 + 40, A 16 -> purity (184 + 82) / 300.
+    assert summary["steps_per_context_game"] == {"context0/A": 184, "context0/B": 18, "context1/A": 16,
+                                                 "context1/B": 82}
+    assert summary["purity"] == pytest.approx(266 / 300)
+    assert (summary["switches"], summary["detected"], summary["missed"]) == (2, 2, 0)
+    assert (summary["median_delay_steps"], summary["max_delay_steps"]) == (12.0, 16)
+    assert (summary["contexts_created"], summary["games_visited"], summary["context_changes"]) == (2, 2, 4)
+    # A switch with no change of context before the next one is missed, not measured from a later change.
+    missed = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context0", "visit"),
+                                         (200, 2, "A", "context0", "visit"), (210, 2, "A", "context1", "new")), 300)
+    assert (missed["detected"], missed["missed"], missed["median_delay_steps"]) == (1, 1, 10.0)
+    assert missed["purity"] == pytest.approx(200 / 300)
+
+
+FMN = [*TINY, "schedule.games=[Breakout, Pong]", "schedule.steps_per_visit=400", "dqn.learning_starts=100",
+       "network.task_params=true", "task_inference=fmn", "fmn.max_contexts=4", "eval.episodes=1", "eval.num_envs=1",
+       "eval.max_episode_frames=200"]
+
+
+def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_reports(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    original = trainer_module.Trainer._change_context
+    stopped = []
+
+    def stop_during_the_first_switch(self, game):
+        if not stopped:  # a SIGTERM arrives as the first context switch starts: its Fisher polls and stops
+            stopped.append(self.progress.global_step)
+            self._request_stop(signal.SIGTERM, None)
+        return original(self, game)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_change_context", stop_during_the_first_switch)
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *FMN]) == 3
+    _, state = load_latest(run / "checkpoints")
+    assert state["progress"]["pending_switch"] == "context1" and state["progress"]["task"] == "context0"
+    assert state["consolidator"]["anchors"] == {}  # the interrupted estimate left no anchor
+    assert 400 < stopped[0] <= 400 + 2 * 2 * 4  # Pong was detected within two windows of 4 frames x 2 envs
+    monkeypatch.setattr(trainer_module.Trainer, "_change_context", original)
+    assert train_main(["--resume", str(run)]) == 0
+    assert train_main(["--resume", str(run), "schedule.cycles=2"]) == 0  # Breakout and Pong again
+    _, state = load_latest(run / "checkpoints")
+    assert sorted(state["consolidator"]["anchors"]) == ["context0", "context1"]
+    assert state["tasks"]["fmn"]["counts"].shape[0] == 2
+
+    with open(run / "contexts.csv", newline="") as handle:
+        log = list(csv.DictReader(handle))
+    visits = [(r["game"], r["step"]) for r in log if r["event"] == "visit"]
+    assert visits == [("Breakout", "0"), ("Pong", "400"), ("Breakout", "800"), ("Pong", "1200")]  # each once
+    changes = [(r["game"], r["context"], r["event"]) for r in log if r["event"] != "visit"]
+    assert changes == [("Pong", "context1", "new"), ("Breakout", "context0", "switch"),
+                       ("Pong", "context1", "switch")]  # the revisits are recognised
+    summary = task_inference_summary(log, 1600)
+    assert summary["detected"] == 3 and summary["max_delay_steps"] <= 16 and summary["purity"] > 0.97
+
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(run), "--episodes", "1", "--num-envs", "1",
+                          "--max-episode-frames", "400", "--output", str(out / "eval.json")]) == 0
+    games = json.loads((out / "eval.json").read_text())["games"]
+    assert {game: row["task"] for game, row in games.items()} == {"Breakout": 0, "Pong": 1}  # inferred, not told
+
+    assert report_main([str(run), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["task_inference"]["contexts_created"] == 2 and metrics["task_inference"]["detected"] == 3
+
+
+def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path):
+    run = tmp_path / "run"
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
+                       "schedule.steps_per_visit=200", "dqn.learning_starts=100", "network.task_params=true"]) == 0
+    _, state = load_latest(run / "checkpoints")
+    online = state["learner"]["online"]
+    trained = {name for name in online if ".gains." in name and not (online[name] == 1).all()}
+    assert {name.rsplit(".", 1)[1] for name in trained} == {"0", "1"}  # both games trained their own gains
+    assert not (run / "contexts.csv").exists()
