@@ -80,14 +80,15 @@ def _batch(n: int) -> Batch:
 
 
 def _learner_rate(args, precision: str = "fp32", fused: bool = True, updates: int | None = None,
-                  graphed: bool = False) -> float:
+                  graphed: bool = False, num_tasks: int = 0) -> float:
     """Updates per second of the DQN learner (batch 32, Nature CNN, Double DQN) on args.device."""
     device = torch.device(args.device)
     updates = updates or (20 if args.quick else 60) * (10 if device.type == "cuda" else 1)
     batch = Batch(*(t.to(device) for t in vars(_batch(32)).values()))
     torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(NUM_ACTIONS).to(device), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision,
-                         capturable=graphed)
+    network = QNetwork(NUM_ACTIONS, num_tasks=num_tasks).to(device)
+    network.set_task(num_tasks - 1 if num_tasks else None)
+    learner = DQNLearner(network, 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision, capturable=graphed)
     if not fused:
         learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
     consolidator = Consolidator("none")
@@ -118,7 +119,8 @@ def bench_learner(args) -> list[tuple]:
     return rows
 
 
-def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True, storage: str = "host"):
+def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True, storage: str = "host",
+                       extra: tuple[str, ...] = ()):
     steps, starts = _end_to_end_steps(args)
     return load_config(ROOT / "configs" / "smoke.yaml", [
         f"schedule.games=[{GAME}]", f"schedule.steps_per_visit={steps}", f"env.num_envs={num_envs}",
@@ -126,7 +128,7 @@ def _end_to_end_config(args, num_envs: int, precision: str, overlap: bool = True
         f"env.overlap={overlap}", f"replay.storage={storage}", "replay.capacity_per_game=100000",
         f"dqn.cuda_graph={args.cuda_graph}",
         "consolidation.method=none", "consolidation.probe_states=0", "checkpoint.every=0", "eval.episodes=0",
-        "logging.progress_bar=false", "logging.log_every=1000000", f"device={args.device}"])
+        "logging.progress_bar=false", "logging.log_every=1000000", f"device={args.device}", *extra])
 
 
 def _end_to_end_steps(args) -> tuple[int, int]:
@@ -180,6 +182,44 @@ def bench_end_to_end(args) -> list[tuple]:
                 on_device = steady_rate(_end_to_end_config(args, args.envs[0], precision, storage="device"))
                 rows.append((label, f"{args.envs[0]} envs, fp32, replay.storage=device{graph}", on_device,
                              f"{args.envs[0]} envs, fp32, replay in host memory{graph}", first))
+    return rows
+
+
+def bench_tasks(args) -> list[tuple]:
+    """What the paper's full agent costs: per-task gains and biases in the update, Forget-Me-Not in the loop."""
+    from agent.task_inference import ForgetMeNot
+    from envs import AtariSettings, make_vector_env
+
+    rows = []
+    what = f"learner updates/s, batch 32, Nature CNN, Double DQN, {args.device}"
+    for precision in args.precisions:
+        plain = _learner_rate(args, precision)
+        rows.append((what, f"{precision}, per-task gains and biases (3 tasks)", _learner_rate(args, precision,
+                     num_tasks=3), f"{precision}, shared biases", plain))
+    label = f"end-to-end agent steps/s, {args.device}, {args.envs[0]} envs, fp32, 1 update / 4 steps, steady state"
+    plain = steady_rate(_end_to_end_config(args, args.envs[0], "fp32"))
+    full = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(
+        "network.task_params=true", "task_inference=fmn")))
+    rows.append((label, "task parameters + Forget-Me-Not", full, "labels, shared biases", plain))
+    # FMN reads one frame per vector step: frames/s it can take against the vector steps/s the loop makes.
+    frames, rng = [], np.random.default_rng(0)
+    for game in (GAME, "Breakout" if GAME != "Breakout" else "Pong"):  # two contexts' worth of counts
+        env = make_vector_env(game, 1, AtariSettings())
+        frames.append(env.reset(seed=0)[0, -1])
+        for _ in range(199):
+            frames.append(env.step(rng.integers(18, size=1)).obs[0, -1])
+        env.close()
+    fmn = ForgetMeNot()
+    for frame in frames:
+        fmn.observe(frame)
+
+    def observe_all():
+        for frame in frames:
+            fmn.observe(frame)
+    observe_all()
+    rows.append(("Forget-Me-Not frames observed/s (84x84, one per vector step)", f"{fmn.num_contexts} context(s)",
+                 len(frames) / median_time(observe_all, args.repeats),
+                 f"vector steps/s of the loop above ({args.envs[0]} envs, fp32, labels)", plain / args.envs[0]))
     return rows
 
 
@@ -434,7 +474,7 @@ def bench_signals(args) -> list[tuple]:
 
 BENCHES = {"env": bench_env, "learner": bench_learner, "end_to_end": bench_end_to_end, "replay": bench_replay,
            "fisher": bench_fisher, "penalty": bench_penalty, "checkpoint": bench_checkpoint,
-           "signals": bench_signals, "threads": bench_threads, "memory": bench_memory}
+           "signals": bench_signals, "threads": bench_threads, "memory": bench_memory, "tasks": bench_tasks}
 
 
 def main() -> None:
