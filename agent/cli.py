@@ -140,14 +140,15 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         games = [resolve_game(g)[0] for g in args.games] if args.games else config.schedule.games
         device = resolve_device(args.device)
         step = state["progress"]["global_step"]
+        tasks = Tasks(config)  # which task parameters play each game: the label's, or the inferred context's
+        tasks.load_state_dict(state.get("tasks", {}))
+        tasks.check_evaluable(games)
         if args.video is not None:
             check_video_dir(args.video, [video_path(args.video, game, step) for game in games])
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    tasks = Tasks(config)  # which task parameters play each game: the label's, or the inferred context's
-    tasks.load_state_dict(state.get("tasks", {}))
     network = QNetwork(NUM_ACTIONS, config.network.architecture, num_tasks=tasks.num_tasks).to(device)
     network.load_state_dict(state["learner"]["online"])
     network.eval()

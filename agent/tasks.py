@@ -65,10 +65,20 @@ class Tasks:
         if not self.num_tasks:
             return None
         if self.fmn is None:
+            self.check_evaluable([game])
             return self.games.index(game)
         if self.fmn.num_contexts == 0:
             return 0
         return self.fmn.infer(np.asarray(observations)[:, -1])
+
+    def check_evaluable(self, games: list[str]) -> None:
+        """With task parameters chosen by label, only the schedule's games have parameters of their own."""
+        unknown = [game for game in games if game not in self.games]
+        if self.num_tasks and self.fmn is None and unknown:
+            raise ValueError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this run's schedule "
+                             f"{self.games}: with network.task_params and task_inference: labels a game has gains "
+                             "and biases only if it was trained. Evaluate games of the schedule (with "
+                             "task_inference: fmn any game is played with the context inferred for it).")
 
     def state_dict(self) -> dict:
         """Tensors and Python scalars only: checkpoints are loaded with torch.load(weights_only=True)."""

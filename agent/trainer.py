@@ -529,6 +529,8 @@ class Trainer:
         self.consolidator.load_state_dict(state["consolidator"], self.device)
         self.probe.load_state_dict(state["probe"])
         self.tasks.load_state_dict(state.get("tasks", {}))
+        if self.progress.task:  # a switch's consolidation may come before any step: the Fisher needs the task
+            self.learner.set_task(self.tasks.index(self.progress.task))
         self._load_rng_state(state["rng"])
         self._record = state.get("record")
         for game, replay_state in state.get("replay", {}).items():

@@ -13,6 +13,7 @@ from agent import trainer as trainer_module
 from agent.checkpoint import load_latest
 from agent.cli import evaluate_main, train_main
 from agent.tasks import task_inference_summary
+from agent.trainer import resume
 
 
 def rows(*items):
@@ -89,7 +90,7 @@ def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_repo
     assert metrics["task_inference"]["contexts_created"] == 2 and metrics["task_inference"]["detected"] == 3
 
 
-def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path):
+def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
                        "schedule.steps_per_visit=200", "dqn.learning_starts=100", "network.task_params=true"]) == 0
@@ -98,3 +99,8 @@ def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path
     trained = {name for name in online if ".gains." in name and not (online[name] == 1).all()}
     assert {name.rsplit(".", 1)[1] for name in trained} == {"0", "1"}  # both games trained their own gains
     assert not (run / "contexts.csv").exists()
+    # A resumed trainer uses its task's parameters from the start (a switch's Fisher may come before any step).
+    assert resume(run).network.task == 1 and state["progress"]["task"] == "Pong"
+    # A game outside the schedule has no parameters of its own: a clear error, nothing written.
+    assert evaluate_main(["--checkpoint", str(run), "--games", "SpaceInvaders", "--episodes", "1"]) == 2
+    assert "not in this run's schedule" in capsys.readouterr().err
