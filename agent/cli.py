@@ -103,10 +103,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from agent.checkpoint import load_checkpoint, load_latest
     from agent.config import resolve_device, validate_config
     from agent.evaluation import evaluate_games
-    from agent.networks import QNetwork, using_task
-    from agent.tasks import Tasks
+    from agent.networks import using_task
+    from agent.tasks import Tasks, network_from_state
     from agent.video import check_video_library, record_video, video_path
-    from envs import NUM_ACTIONS, derive_seed, resolve_game
+    from envs import derive_seed, resolve_game
 
     try:
         if args.episodes <= 0:
@@ -149,9 +149,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    network = QNetwork(NUM_ACTIONS, config.network.architecture, num_tasks=tasks.num_tasks).to(device)
-    network.load_state_dict(state["learner"]["online"])
-    network.eval()
+    network, tasks = network_from_state(state, device)
     settings = config.env.atari_settings(args.max_episode_frames)
     with tqdm(total=args.episodes * len(games), unit="episode", file=sys.stderr) as bar:
         def on_episode(game: str, finished: int) -> None:

@@ -4,9 +4,12 @@ Each env plays a fixed share of the episodes (env i plays episodes i, i+N, ...),
 the mean is not biased toward short episodes, which finish first. Raw game scores,
 the training protocol's preprocessing and sticky actions, no life-loss signal.
 
-With per-task gains and biases, `task_of(game, first_observations)` says which task's
-parameters play the game: the schedule's index of the game (labels), or the context a
-task-inference model infers from the first frames (agent/tasks.py).
+With per-task gains and biases, `task_of(game, frames)` says which task's parameters
+play the game: the schedule's index of the game (labels), or the context a frozen
+task-inference model infers from the newest frames (agent/tasks.py). It is asked again
+every `TASK_WINDOW` steps with the frames of all envs since the last time, as the agent
+in training would switch its parameters with its inferred context (a game such as Krull
+has scenes that look like different contexts).
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from agent.dqn import epsilon_greedy
 from agent.networks import using_task
 from envs import NUM_ACTIONS, AtariSettings, derive_seed, human_normalized_score, make_vector_env
 
+TASK_WINDOW = 4  # vector steps between two inferences of the task (FMN's window)
+
 
 def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float = 0.05, seed: int = 0,
                   settings: AtariSettings | None = None, num_envs: int = 8, backend: str = "ale_vector",
                   on_episode: Callable[[str, int], None] | None = None,
                   poll: Callable[[], None] | None = None,
                   task_of: Callable[[str, np.ndarray], int | None] | None = None) -> dict:
-    """{"returns": [...], "lengths": [...], "task": index or None} of `episodes` complete episodes of `game`.
+    """{"returns": [...], "lengths": [...], "task": the task that played most steps, or None} of `episodes`
+    complete episodes of `game`.
 
     `seed` is any non-negative integer (the env seed is derived from it into ale-py's range);
     `on_episode(game, finished)` is called at the start and after every finished episode;
@@ -48,7 +54,9 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
         if on_episode is not None:
             on_episode(game, 0)
         obs = env.reset(seed=derive_seed(seed))
-        task = task_of(game, obs) if task_of is not None else None
+        recent = [obs[:, -1]]  # the newest frame of each env since the task was last inferred
+        task = task_of(game, recent[0]) if task_of is not None else None
+        task_steps: dict[int, int] = {}
         finished = np.zeros(num_envs, dtype=np.int64)
         running = np.zeros(num_envs)
         running_len = np.zeros(num_envs, dtype=np.int64)
@@ -57,6 +65,8 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
                 poll()
             with using_task(network, task):
                 actions = epsilon_greedy(network, obs, epsilon, rng, device, NUM_ACTIONS)
+            if task is not None:
+                task_steps[task] = task_steps.get(task, 0) + 1
             step = env.step(actions)
             counting = ~step.was_reset & (finished < quota)
             running += np.where(counting, step.reward, 0.0)
@@ -69,9 +79,15 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
                 if on_episode is not None:
                     on_episode(game, len(returns))
             obs = step.obs
+            if task_of is not None:
+                recent.append(obs[:, -1])
+                if len(recent) == TASK_WINDOW:
+                    task = task_of(game, np.concatenate(recent))
+                    recent.clear()
     finally:
         env.close()
-    return {"returns": returns, "lengths": lengths, "task": task}
+    most = max(task_steps, key=task_steps.get) if task_steps else None  # ties: the first used
+    return {"returns": returns, "lengths": lengths, "task": most}
 
 
 def summarize(game: str, returns: list[float]) -> dict[str, float]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agent.config import TrainConfig
+from agent.config import TrainConfig, validate_config
+from agent.networks import QNetwork
 from agent.task_inference import ForgetMeNot
 
 CONTEXTS_COLUMNS = ("step", "visit", "game", "context", "event")  # event: visit, switch, new
@@ -25,6 +26,26 @@ CONTEXTS_COLUMNS = ("step", "visit", "game", "context", "event")  # event: visit
 
 def context_key(context: int) -> str:
     return f"context{context}"
+
+
+def context_of(key: str) -> int:
+    return int(key.removeprefix("context"))
+
+
+def network_from_state(state: dict, device: torch.device | str = "cpu") -> tuple[QNetwork, Tasks]:
+    """The online network of a checkpoint or milestone (with its task slots), and the Tasks saying which slot plays
+    each game (pass `tasks.task_of` to evaluation)."""
+    from envs import NUM_ACTIONS
+
+    config = validate_config(state["config"], stored=True)
+    tasks = Tasks(config)
+    tasks.load_state_dict(state.get("tasks", {}))
+    network = QNetwork(NUM_ACTIONS, config.network.architecture, num_tasks=tasks.num_tasks).to(device)
+    network.load_state_dict(state["learner"]["online"])
+    task = state["progress"].get("task")
+    if task:
+        network.set_task(tasks.index(task))
+    return network.eval(), tasks
 
 
 class Tasks:
@@ -46,7 +67,7 @@ class Tasks:
         """The network's task slot for `key` (None without task parameters)."""
         if not self.num_tasks:
             return None
-        return int(key.removeprefix("context")) if self.inferred else self.games.index(key)
+        return context_of(key) if self.inferred else self.games.index(key)
 
     def observe(self, frame: np.ndarray) -> str | None:
         """fmn: feed one frame; the decided context's key every window, else None. labels: always None."""
@@ -59,9 +80,9 @@ class Tasks:
     def num_contexts(self) -> int:
         return self.fmn.num_contexts if self.fmn is not None else len(self.games)
 
-    def task_of(self, game: str, observations: np.ndarray) -> int | None:
-        """The task slot that plays `game` in an evaluation, from its first observations (N, 4, 84, 84):
-        the label's, or the context the frozen FMN infers from the last frame of each (no update)."""
+    def task_of(self, game: str, frames: np.ndarray) -> int | None:
+        """The task slot that plays `game` in an evaluation: the label's, or the context the frozen FMN infers
+        from `frames` (M, 84, 84), the newest frames of the envs (no update, no new context)."""
         if not self.num_tasks:
             return None
         if self.fmn is None:
@@ -69,7 +90,7 @@ class Tasks:
             return self.games.index(game)
         if self.fmn.num_contexts == 0:
             return 0
-        return self.fmn.infer(np.asarray(observations)[:, -1])
+        return self.fmn.infer(np.asarray(frames))
 
     def check_evaluable(self, games: list[str]) -> None:
         """With task parameters chosen by label, only the schedule's games have parameters of their own."""
@@ -111,7 +132,11 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     """Detection delay, purity and contexts created, from contexts.csv's rows (dicts of CONTEXTS_COLUMNS).
 
     - delay: agent steps from each true switch (a `visit` row after the first) to the first
-      change of context after it; a switch never detected before the next one counts as missed.
+      change of context after it. A change logged at step S was decided on the frames of the vector
+      step that ended at S, so one at exactly a switch's step still saw the old game: detections of
+      the switch at V are the changes at V < S <= the next switch (or the end). A switch with no
+      change in that window is missed (the last one: not detected by the end of the log).
+    `final_step`: where the run ended (at least the last row's step).
     - purity: the fraction of steps whose context is mapped to the true game, mapping each
       context to the game it spent most steps on.
     - contexts vs games: contexts created against distinct games visited.
@@ -121,6 +146,7 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     changes = [(step, r["context"]) for step, r in events if r["event"] in ("switch", "new")]
     if not visits:
         return {}
+    final_step = max(final_step, events[-1][0])
     # Steps per (context, game): walk the step axis through both sequences of changes.
     boundaries = sorted({s for s, _ in visits} | {s for s, _ in changes} | {final_step})
     steps: dict[tuple[str, str], int] = {}
@@ -135,7 +161,7 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
         best[context] = max(best.get(context, 0), count)
     delays, missed = [], 0
     for (switch_step, _), following in zip(visits[1:], visits[2:] + [(final_step, None)]):
-        detected = [step for step, _ in changes if switch_step <= step < following[0]]
+        detected = [step for step, _ in changes if switch_step < step <= following[0]]
         if detected:
             delays.append(detected[0] - switch_step)
         else:

@@ -44,7 +44,7 @@ from agent.graphed import GraphedUpdate, eager_update
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
-from agent.tasks import CONTEXTS_COLUMNS, Tasks
+from agent.tasks import CONTEXTS_COLUMNS, Tasks, context_of
 from envs import NUM_ACTIONS, derive_seed
 
 EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
@@ -80,6 +80,7 @@ class Progress:
     task_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # agent steps per task key
     task_since: int = 0  # global step at which the current task key began
     pending_switch: str = ""  # fmn: the context decided, whose switch (consolidation) is not done yet
+    visit_logged: int = -1  # fmn: the last visit whose true switch is in contexts.csv
 
 
 class Trainer:
@@ -143,6 +144,8 @@ class Trainer:
             steps_per_visit = self.config.schedule.steps_per_visit
             while not self.finished:
                 game = self.visits[self.progress.visit]
+                if self.progress.pending_switch:  # a stop interrupted a context switch: finish it first
+                    self._change_context(game)
                 self._evaluate_if_due()  # the run's start, or an evaluation a stop abandoned
                 if not self.progress.visit_done:
                     if self.progress.step_in_visit < steps_per_visit:
@@ -220,10 +223,9 @@ class Trainer:
         if self.tasks.inferred:
             if not progress.task:
                 progress.task = self.tasks.first_key(game)
-            if progress.step_in_visit == 0:  # the true switch, for measurement only
+            if progress.visit_logged != progress.visit:  # the true switch, for measurement only
                 self._log_context(game, progress.task, "visit")
-            if progress.pending_switch:  # a stop interrupted a context switch: finish it
-                self._change_context(game)
+                progress.visit_logged = progress.visit
         else:
             if progress.task != game:
                 progress.task, progress.task_since = game, progress.global_step
@@ -326,7 +328,7 @@ class Trainer:
         progress = self.progress
         rundir.append_rows(self.run_dir / "contexts.csv", CONTEXTS_COLUMNS,
                            [[progress.global_step, progress.visit, game, key, event]])
-        self.writer.add_scalar("task/context", int(key.removeprefix("context")), progress.global_step)
+        self.writer.add_scalar("task/context", context_of(key), progress.global_step)
         self.writer.add_scalar("task/contexts", self.tasks.num_contexts, progress.global_step)
 
     def _consolidate_task(self, key: str) -> None:
@@ -553,9 +555,12 @@ class Trainer:
 
     def _save_milestone(self, game: str) -> Path:
         """A small record of the switch kept for ever: the network and the anchor just set, no replay."""
-        anchor = self.consolidator.anchors.get(game) or self.consolidator.anchors.get(ONLINE)
+        anchors = self.consolidator.anchors
+        # With inferred contexts the anchors are keyed by context: keep the newest (dicts keep their order).
+        key = game if game in anchors else ONLINE if ONLINE in anchors else next(reversed(anchors), None)
+        anchor = anchors.get(key) if key is not None else None
         state = {"config": self.config.to_dict(), "progress": dataclasses.asdict(self.progress),
-                 "learner": {"online": self.learner.state_dict()["online"]}, "left_game": game,
+                 "learner": {"online": self.learner.state_dict()["online"]}, "left_game": game, "anchor_key": key or "",
                  "tasks": self.tasks.state_dict(),
                  "anchor_importance": anchor["importance"] if anchor else {}}
         # A resumed run that redoes this switch writes the same milestone again: replace it.

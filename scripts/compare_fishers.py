@@ -27,6 +27,7 @@ from agent.config import validate_config  # noqa: E402
 from agent.dqn import DQNLearner, per_sample_td_loss  # noqa: E402
 from agent.fisher import ESTIMATORS, estimate_fisher  # noqa: E402
 from agent.networks import QNetwork  # noqa: E402
+from agent.tasks import Tasks  # noqa: E402
 from agent.replay import FrameReplay  # noqa: E402
 from envs import NUM_ACTIONS, resolve_game  # noqa: E402
 
@@ -46,16 +47,21 @@ def main() -> None:
     else:
         state = load_checkpoint(args.checkpoint)
     config = validate_config(state["config"], stored=True)
-    game = resolve_game(args.game)[0]
-    if game not in state.get("replay", {}):
-        raise SystemExit(f"The checkpoint holds no replay of {game} (checkpoint.replay=false, or not trained yet).")
+    replays = state.get("replay", {})
+    # With task_inference: fmn the buffers are the inferred contexts' (context0, ...), not games'.
+    game = args.game if args.game in replays else resolve_game(args.game)[0]
+    if game not in replays:
+        raise SystemExit(f"The checkpoint holds no replay of {game} (checkpoint.replay=false, or not trained yet); "
+                         f"it holds: {', '.join(replays) or 'none'}.")
     replay = FrameReplay(config.replay.capacity_per_game, config.env.num_envs)
-    replay.load_state_dict(state["replay"][game])
-    network = QNetwork(NUM_ACTIONS, config.network.architecture)
+    replay.load_state_dict(replays[game])
+    tasks = Tasks(config)
+    network = QNetwork(NUM_ACTIONS, config.network.architecture, num_tasks=tasks.num_tasks)
     dqn = config.dqn
     learner = DQNLearner(network, dqn.learning_rate, dqn.adam_eps, dqn.gamma, dqn.double_dqn, dqn.huber_delta,
                          dqn.max_grad_norm, dqn.clip_rewards)
     learner.load_state_dict(state["learner"])
+    learner.set_task(tasks.index(game))  # the Fisher of a game is taken under its own gains and biases
     batch = replay.sample(args.states, np.random.default_rng(0))
     with torch.no_grad():
         targets = torch.cat([learner.targets(chunk) for chunk in batch.chunks(256)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,8 +27,8 @@ from agent.cli import train_main  # noqa: E402
 from agent.config import load_config, validate_config  # noqa: E402
 from agent.evaluation import evaluate_games  # noqa: E402
 from agent.networks import QNetwork  # noqa: E402
+from agent.tasks import network_from_state  # noqa: E402
 from agent.probe import RetentionProbe  # noqa: E402
-from envs import NUM_ACTIONS  # noqa: E402
 
 
 def train(config_path: Path, method: str, run_dir: Path, overrides: list[str]) -> None:
@@ -46,11 +47,10 @@ def train(config_path: Path, method: str, run_dir: Path, overrides: list[str]) -
         raise SystemExit(f"training {method} failed with exit code {code}")
 
 
-def network_from(state: dict) -> QNetwork:
-    config = validate_config(state["config"], stored=True)
-    network = QNetwork(NUM_ACTIONS, config.network.architecture)
-    network.load_state_dict(state["learner"]["online"])
-    return network.eval()
+def network_from(state: dict) -> tuple[QNetwork, Callable]:
+    """The checkpoint's network and its `task_of` (which task parameters play each game)."""
+    network, tasks = network_from_state(state)
+    return network, tasks.task_of
 
 
 def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
@@ -61,17 +61,19 @@ def analyse(run_dir: Path, episodes: int, epsilon: float) -> dict:
     settings = config.env.atari_settings(config.eval.max_episode_frames)
     visits = config.schedule.visits(config.seed)
     result = {"games": {}}
-    end_scores = evaluate_games(network_from(final), config.schedule.games, episodes, epsilon, config.seed,
-                                settings)["games"]
+    network, task_of = network_from(final)
+    end_scores = evaluate_games(network, config.schedule.games, episodes, epsilon, config.seed, settings,
+                                task_of=task_of)["games"]
     probe = RetentionProbe()
     probe.load_state_dict(final["probe"])
     # The game trained last was snapshotted at the very end: nothing to compare yet.
-    retention = probe.measure(network_from(final), current_game=visits[-1])
+    retention = probe.measure(network, current_game=final["progress"].get("task") or visits[-1])
     for game in config.schedule.games:
         last_visit = max(i for i, g in enumerate(visits) if g == game)
         # The milestone written at the end of that visit (progress.visit counts finished visits).
         after = next(m for m in milestones if m["progress"]["visit"] == last_visit + 1)
-        after_score = evaluate_games(network_from(after), [game], episodes, epsilon, config.seed, settings)
+        network, task_of = network_from(after)
+        after_score = evaluate_games(network, [game], episodes, epsilon, config.seed, settings, task_of=task_of)
         result["games"][game] = {
             "return_after_visit": after_score["games"][game]["mean"],
             "return_at_end": end_scores[game]["mean"],

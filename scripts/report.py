@@ -215,9 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     inferred = []
     for path, m in zip(args.runs, metrics):
         if (path / "contexts.csv").is_file():
-            with open(path / "contexts.csv", newline="") as handle:
-                m["task_inference"] = task_inference_summary(list(csv.DictReader(handle)), m["final_step"])
-            inferred.append(m)
+            try:
+                with open(path / "contexts.csv", newline="") as handle:
+                    summary = task_inference_summary(list(csv.DictReader(handle)), m["final_step"])
+            except (KeyError, TypeError, ValueError) as exc:
+                print(f"error: {path / 'contexts.csv'} is not a run's contexts.csv ({type(exc).__name__}: {exc}); "
+                      "it is written by training with task_inference: fmn", file=sys.stderr)
+                return 2
+            if summary:
+                m["task_inference"] = summary
+                inferred.append(m)
     metrics_of = {method: [by_run[log.name] for log in runs] for method, runs in groups.items()}
     (out / "metrics.json").write_text(json.dumps(metrics if len(metrics) > 1 else metrics[0], indent=2))
     print("| run | method | final human-normalised | mean forgetting | mean forward transfer |\n"
@@ -230,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
               "| contexts / games |\n|---|---:|---:|---:|---:|---:|---:|")
         for m in inferred:
             t = m["task_inference"]
-            print(f"| {m['run']} | {t['switches']} | {t['detected']} | {t['median_delay_steps']} | "
-                  f"{t['max_delay_steps']} | {t['purity']:.3f} | {t['contexts_created']} / {t['games_visited']} |")
+            purity = "n/a" if t["purity"] is None else f"{t['purity']:.3f}"
+            print(f"| {m['run']} | {t['switches']} | {t['detected']} | {t['median_delay_steps'] or 'n/a'} | "
+                  f"{t['max_delay_steps'] or 'n/a'} | {purity} | {t['contexts_created']} / {t['games_visited']} |")
     written = ["metrics.json"]
 
     summary = None

@@ -3,12 +3,14 @@ in the middle of a context switch, resume, evaluate and report; and the measurem
 
 import csv
 import json
+import os
 import signal
 
 import pytest
 from scripts_helper import report_main
 from test_train import SMOKE, TINY
 
+from agent import tasks as tasks_module
 from agent import trainer as trainer_module
 from agent.checkpoint import load_latest
 from agent.cli import evaluate_main, train_main
@@ -104,3 +106,69 @@ def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path
     # A game outside the schedule has no parameters of its own: a clear error, nothing written.
     assert evaluate_main(["--checkpoint", str(run), "--games", "SpaceInvaders", "--episodes", "1"]) == 2
     assert "not in this run's schedule" in capsys.readouterr().err
+
+
+def test_a_change_decided_on_the_last_frames_of_a_visit_is_a_false_alarm_not_a_detection():
+    log = rows((0, 0, "A", "context0", "visit"), (100, 0, "A", "context1", "new"),  # decided on A's last frames
+               (100, 1, "B", "context1", "visit"), (200, 2, "A", "context1", "visit"),
+               (208, 2, "A", "context0", "switch"))
+    summary = task_inference_summary(log, final_step=250)
+    assert (summary["detected"], summary["missed"], summary["max_delay_steps"]) == (1, 1, 8)
+    # The end of the run is at least its last row: a late detection is not "missed".
+    late = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context0", "visit"),
+                                       (116, 1, "B", "context1", "new")), final_step=100)
+    assert (late["detected"], late["missed"]) == (1, 0) and late["purity"] == pytest.approx(100 / 116)
+
+
+def forced_contexts(monkeypatch, switch_at_call: int):
+    """Forget-Me-Not replaced by a script: context0 until the `switch_at_call`-th frame, context1 after."""
+    calls = []
+
+    def observe(self, frame):
+        calls.append(1)
+        return "context0" if len(calls) < switch_at_call else "context1"
+    monkeypatch.setattr(tasks_module.Tasks, "observe", observe)
+
+
+FORCED = [*TINY, "schedule.games=[Breakout, Pong]", "schedule.steps_per_visit=40", "dqn.learning_starts=16",
+          "network.task_params=true", "task_inference=fmn", "fmn.max_contexts=4"]
+
+
+def test_a_stop_in_a_switch_on_a_visits_last_step_is_finished_before_the_visit_ends(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    forced_contexts(monkeypatch, switch_at_call=20)  # 2 envs: the 20th vector step is Breakout's last
+    original = trainer_module.Trainer._change_context
+    stopped = []
+
+    def stop_once(self, game):
+        if not stopped:
+            stopped.append(self.progress.global_step)
+            self._request_stop(signal.SIGTERM, None)
+        return original(self, game)
+    monkeypatch.setattr(trainer_module.Trainer, "_change_context", stop_once)
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *FORCED]) == 3
+    assert stopped == [40]
+    assert train_main(["--resume", str(run)]) == 0
+    with open(run / "contexts.csv", newline="") as handle:
+        log = [(r["step"], r["visit"], r["game"], r["context"], r["event"]) for r in csv.DictReader(handle)]
+    assert log == [("0", "0", "Breakout", "context0", "visit"), ("40", "0", "Breakout", "context1", "new"),
+                   ("40", "1", "Pong", "context1", "visit")]
+    _, state = load_latest(run / "checkpoints")
+    assert list(state["consolidator"]["anchors"]) == ["context0"]
+
+
+def test_a_stop_before_the_first_step_logs_the_first_visit_once(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    forced_contexts(monkeypatch, switch_at_call=10**9)
+    original = trainer_module.Actor.reset
+
+    def reset_then_stop(self, seed):
+        original(self, seed)
+        if not (run / "stopped").exists():
+            (run / "stopped").touch()
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(trainer_module.Actor, "reset", reset_then_stop)
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *FORCED]) == 3
+    assert train_main(["--resume", str(run)]) == 0
+    with open(run / "contexts.csv", newline="") as handle:
+        assert [r["step"] + r["event"] for r in csv.DictReader(handle)] == ["0visit", "40visit"]
