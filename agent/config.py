@@ -151,7 +151,7 @@ class FMNConfig(_Section):
 
     levels: int = Field(8, ge=2, le=256)
     """Gray levels of the 42x42 downsampled frames each context models (Dirichlet-multinomial per pixel)."""
-    window: int = Field(4, gt=0)
+    window: int = Field(4, gt=0, le=1000)
     """Observations per decision (one frame of env 0 per vector step)."""
     alpha: float = Field(0.05, gt=0)
     """Dirichlet prior count per gray level (0.05 tells apart more Atari games than 0.5: an unseen level costs more)."""

@@ -47,7 +47,9 @@ class GraphedUpdate:
 
     def __call__(self, batch: Batch, game: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One update, as `eager_update`; the returned tensors are overwritten by the next call."""
-        key = (game, self.consolidator.version, tuple(batch.actions.shape))
+        # The graph bakes in the task's gains and biases in use at capture (network.task_params).
+        key = (game, getattr(self.learner.online, "task", None), self.consolidator.version,
+               tuple(batch.actions.shape))
         if self.graph is None or key != self.key:
             return self._capture(batch, game, key)
         for field in dataclasses.fields(Batch):

@@ -477,7 +477,9 @@ class Trainer:
                                                                       for game, score in self.last_scores.items()))
         lines += [f"Run directory: {self.run_dir}",
                   f"  eval.csv     every evaluation; report: python scripts/report.py {self.run_dir}",
-                  "  schedule.json the game of every visit",
+                  "  schedule.json the game of every visit"
+                  + ("\n  contexts.csv  every true switch and inferred change of context"
+                     if self.tasks.inferred else ""),
                   f"  tb/          TensorBoard: tensorboard --logdir {self.run_dir}",
                   "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",
                   f"  evaluate:    python scripts/evaluate.py --checkpoint {self.run_dir} --episodes 10"]

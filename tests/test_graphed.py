@@ -87,3 +87,28 @@ def test_graphed_state_survives_a_checkpoint_round_trip():
     for batch in batches[3:]:
         a, b = update(batch, "a"), update2(batch, "a")
         torch.testing.assert_close(b[0], a[0], rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_graphed_updates_with_task_parameters_leave_the_other_tasks_untouched():
+    """Task 0, then 1, then 0 again under the graph: each change of task is a recapture; the task not being
+    trained keeps its gains and biases bit for bit (no stale gradient in the graph, no Adam step on them)."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    learner = DQNLearner(QNetwork(18, num_tasks=2).to(device), 1e-3, 1.5e-4, 0.99, True, 1.0, 10.0, True,
+                         capturable=True)
+    update = GraphedUpdate(learner, Consolidator("none"))
+    batches = list(_batches(15, device))
+
+    def task_params(task):
+        return {n: p.detach().clone() for n, p in learner.online.named_parameters() if n.endswith(f"s.{task}")}
+    for task, chunk in ((0, batches[:5]), (1, batches[5:10]), (0, batches[10:])):
+        learner.set_task(task)
+        other = task_params(1 - task)
+        mine = task_params(task)
+        for batch in chunk:
+            update(batch, f"game{task}")
+        torch.cuda.synchronize()
+        assert all(torch.equal(value, task_params(1 - task)[n]) for n, value in other.items()), task
+        assert any(not torch.equal(value, task_params(task)[n]) for n, value in mine.items()), task
+    assert update.captures == 3
