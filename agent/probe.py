@@ -17,15 +17,16 @@ from agent.networks import using_task
 
 class RetentionProbe:
     def __init__(self):
-        # game -> {"states": uint8 (n, 4, 84, 84), "q": float (n, A), "task": the network's task index or None}
-        # at the moment the game was left
+        # game -> {"states": uint8 (n, 4, 84, 84), "q": float (n, A), and with task parameters "task": the
+        # network's task index} at the moment the game was left
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def snapshot(self, game: str, model: nn.Module, states: torch.Tensor, batch_size: int = 256) -> None:
         states = states.cpu()
-        self.snapshots[game] = {"states": states, "q": _q_values(model, states, batch_size),
-                                "task": getattr(model, "task", None)}
+        self.snapshots[game] = {"states": states, "q": _q_values(model, states, batch_size)}
+        if getattr(model, "task", None) is not None:  # the task parameters it was taken with
+            self.snapshots[game]["task"] = model.task
 
     @torch.no_grad()
     def measure(self, model: nn.Module, current_game: str | None = None,
