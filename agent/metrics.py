@@ -81,6 +81,16 @@ class EvalLog:
         log.game_order = list(dict.fromkeys(log.games))
         return log
 
+    def until(self, step: int) -> EvalLog:
+        """The log as it stood at `step` (its rows up to it): compares runs of different lengths at one budget."""
+        keep = self.steps <= step
+        if not keep.any():
+            raise MetricsError(f"{self.name} has no evaluation at or before step {step}.")
+        rows = np.flatnonzero(keep)
+        return EvalLog(self.name, self.steps[rows], self.visits[rows], [self.trained[i] for i in rows],
+                       [self.games[i] for i in rows], self.returns[rows], self.human_normalized[rows],
+                       self.steps_per_visit, self.method, list(self.game_order))
+
     def series(self, game: str, smoothing: int | None = None, column: str = "returns") -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one game in step order; a step logged twice keeps its last row."""
         rows = np.flatnonzero(np.array(self.games) == game)

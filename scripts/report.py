@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoothing", type=int, default=None, metavar="N",
                         help="trailing moving average over N evaluations before anything else (CORA: 20 on "
                              "Atari, with evaluations every 0.25M steps); off by default")
+    parser.add_argument("--until-step", type=int, default=None, metavar="N",
+                        help="only the evaluations up to step N of every run (compare runs at one budget)")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples for the confidence intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--no-aggregates", action="store_true", help="metrics.json and plots only")
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         for path, label in zip(args.runs, labels):
             log = read_run(path)
             log.name = label
+            if args.until_step is not None:
+                log = log.until(args.until_step)
             logs.append(log)
         groups: dict[str, list[EvalLog]] = {}
         for path, log in zip(args.runs, logs):
@@ -217,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if (path / "contexts.csv").is_file():
             try:
                 with open(path / "contexts.csv", newline="") as handle:
-                    summary = task_inference_summary(list(csv.DictReader(handle)), m["final_step"])
+                    context_rows = [r for r in csv.DictReader(handle)
+                                    if args.until_step is None or int(r["step"]) <= args.until_step]
+                summary = task_inference_summary(context_rows, m["final_step"])
             except (KeyError, TypeError, ValueError) as exc:
                 print(f"error: {path / 'contexts.csv'} is not a run's contexts.csv ({type(exc).__name__}: {exc}); "
                       "it is written by training with task_inference: fmn", file=sys.stderr)

@@ -85,6 +85,18 @@ def test_report_reproduces_cora_metrics(cyclic, tmp_path):
         assert (out / name).stat().st_size > 10_000
 
 
+def test_until_step_reads_a_run_as_it_stood_at_that_budget(cyclic, tmp_path):
+    # Up to step 300 (the first cycle): the scale is that of steps 0-300 (A / 80, B / 50, C / 60), the final
+    # scores those at 300, forgetting of A by B (.8 - .3) * 100 / 80.
+    out = tmp_path / "report"
+    assert report_main([str(cyclic), "--out", str(out), "--until-step", "300", "--no-plots"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["final_step"] == 300 and [v["end_step"] for v in m["visits"]] == [100, 200, 300]
+    assert m["forgetting"]["A"]["B"] == pytest.approx(50 / 80)
+    assert m["final_human_normalized"] == pytest.approx({"A": 2.0, "B": 1.5, "C": 10.0})
+    assert report_main([str(cyclic), "--out", str(out), "--until-step", "-1"]) == 2
+
+
 def test_smoothing_comes_before_normalisation(cyclic):
     # A's returns 10 40 80 60 30 20 100 50 70; trailing means over 3: 10 25 130/3 60 170/3 110/3 50 170/3 220/3.
     # Largest: 220/3. Forgetting of A by B: (130/3 - 170/3) / (220/3) = -40/220.
