@@ -147,6 +147,7 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     if not visits:
         return {}
     final_step = max(final_step, events[-1][0])
+    visits = visits[:1] + [(step, game) for step, game in visits[1:] if step < final_step]  # none at the very end
     # Steps per (context, game): walk the step axis through both sequences of changes.
     boundaries = sorted({s for s, _ in visits} | {s for s, _ in changes} | {final_step})
     steps: dict[tuple[str, str], int] = {}

@@ -118,6 +118,9 @@ def test_a_change_decided_on_the_last_frames_of_a_visit_is_a_false_alarm_not_a_d
     late = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context0", "visit"),
                                        (116, 1, "B", "context1", "new")), final_step=100)
     assert (late["detected"], late["missed"]) == (1, 0) and late["purity"] == pytest.approx(100 / 116)
+    # A switch at the very end (report.py --until-step at a visit boundary) had no time to be detected.
+    ended = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context1", "visit")), 100)
+    assert (ended["switches"], ended["missed"], ended["purity"]) == (0, 0, 1.0)
 
 
 def forced_contexts(monkeypatch, switch_at_call: int):
