@@ -186,6 +186,7 @@ def _label(value: Any) -> str:
 def write_record(out: Path, sweep: Sweep, command: list[str], address: str | None) -> dict:
     """Add this session to OUT/sweep.json. Runs new to the grid are appended; a run recorded earlier
     that is gone from the grid, or whose config changed in keys that change a run, is refused."""
+    from agent.config import validate_config
     from agent.trainer import RESUMABLE_CHANGES, differing_keys
 
     path = out / "sweep.json"
@@ -203,7 +204,12 @@ def write_record(out: Path, sweep: Sweep, command: list[str], address: str | Non
     problems = [f"  {name}: recorded, but no longer in the grid" for name in recorded if name not in current]
     for name, run in current.items():
         if name in recorded:
-            changed = [key for key in differing_keys(recorded[name]["config"], run.config.to_dict())
+            # Through today's schema, as resume does: keys a newer version added take their defaults.
+            try:
+                before = validate_config(recorded[name]["config"], f"{path} ({name})", stored=True).to_dict()
+            except ValueError:
+                before = recorded[name]["config"]
+            changed = [key for key in differing_keys(before, run.config.to_dict())
                        if not key.startswith(RESUMABLE_CHANGES)]
             if changed:
                 problems.append(f"  {name}: {', '.join(changed)} changed")
