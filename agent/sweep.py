@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from agent.checkpoint import CheckpointError, list_checkpoints
-from agent.config import ConfigError, TrainConfig, load_config
+from agent.config import ConfigError, TrainConfig, load_config, validate_config
 from agent.rundir import holds_run, replace_atomically
 
 # Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
@@ -186,7 +186,6 @@ def _label(value: Any) -> str:
 def write_record(out: Path, sweep: Sweep, command: list[str], address: str | None) -> dict:
     """Add this session to OUT/sweep.json. Runs new to the grid are appended; a run recorded earlier
     that is gone from the grid, or whose config changed in keys that change a run, is refused."""
-    from agent.config import validate_config
     from agent.trainer import RESUMABLE_CHANGES, differing_keys
 
     path = out / "sweep.json"
