@@ -32,6 +32,13 @@ import numpy as np
 import yaml
 
 REQUIRED_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return")
+MIN_RUNS_FOR_INTERVAL = 5  # a group of fewer runs gets its per-run values and no confidence interval
+SCALES = {
+    "shared": "each game's returns divided by their largest absolute value over all the runs given "
+              "(one scale for every method)",
+    "method": "each game's returns divided by their largest absolute value over the runs of the same "
+              "method (CORA's per-method scale: identical returns of two methods can get different values)",
+}
 
 
 class MetricsError(ValueError):
@@ -61,6 +68,7 @@ class EvalLog:
     steps_per_visit: int | None = None  # None: the last visit counts as unfinished
     method: str | None = None  # consolidation.method of the run's config
     game_order: list[str] = field(default_factory=list)
+    episodes: np.ndarray | None = None  # episodes behind each row's mean (None: the column is missing)
 
     @classmethod
     def read(cls, path: Path, name: str | None = None, steps_per_visit: int | None = None) -> EvalLog:
@@ -79,6 +87,11 @@ class EvalLog:
         except ValueError as exc:
             raise MetricsError(f"{path} has a malformed row: {exc}") from None
         log.game_order = list(dict.fromkeys(log.games))
+        try:
+            if all(r.get("episodes") not in (None, "") for r in rows):
+                log.episodes = np.array([int(r["episodes"]) for r in rows])
+        except ValueError:
+            log.episodes = None  # the column is only shown in captions; malformed values are not fatal
         return log
 
     def until(self, step: int) -> EvalLog:
@@ -89,7 +102,8 @@ class EvalLog:
         rows = np.flatnonzero(keep)
         return EvalLog(self.name, self.steps[rows], self.visits[rows], [self.trained[i] for i in rows],
                        [self.games[i] for i in rows], self.returns[rows], self.human_normalized[rows],
-                       self.steps_per_visit, self.method, list(self.game_order))
+                       self.steps_per_visit, self.method, list(self.game_order),
+                       None if self.episodes is None else self.episodes[rows])
 
     def series(self, game: str, smoothing: int | None = None, column: str = "returns") -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one game in step order; a step logged twice keeps its last row."""
@@ -214,7 +228,8 @@ def compute_metrics(log: EvalLog, scale: dict[str, float], smoothing: int | None
         "final_human_normalized": human,
         "mean_final_human_normalized": _mean([v for v in human.values() if v is not None]),
         "matrix": {"rows": log.game_order, "columns": [f"{v.index}: {v.game}" for v in finished],
-                   "values": [[_finite_or_none(end_of(game, v)) for v in finished] for game in log.game_order]},
+                   "values": [[_finite_or_none(end_of(game, v)) for v in finished] for game in log.game_order],
+                   "before": [_finite_or_none(before(game, int(log.steps.min()))) for game in log.game_order]},
     }
 
 

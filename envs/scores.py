@@ -21,6 +21,8 @@ _REFERENCE = {
     "RoadRunner": (11.5, 7845.0),
     "Freeway": (0.0, 29.6),
     "Asterix": (210.0, 8503.3),
+    "Atlantis": (12850.0, 29028.1),
+    "Kangaroo": (52.0, 3035.0),
 }
 
 

@@ -5,18 +5,24 @@
 
 metrics.json: for every run, CORA's isolated forgetting forgetting[game][by_game] and zero-shot
 forward transfer forward_transfer[game][from_game], their means (mean_forgetting,
-mean_forward_transfer), the final scores and the score matrix (one run: an object; several: a list).
+mean_forward_transfer), the final scores and the score matrix (one run: an object; several: a list),
+and `scale`: how returns were normalised. By default (--scale shared) every game's returns are divided
+by their largest absolute value over all the runs given, so two runs with identical returns get
+identical metrics whatever method they belong to; --scale method is CORA's per-method scale.
 A run trained with task_inference: fmn also gets `task_inference` from its contexts.csv: steps from each
 true switch to its detection, context purity, contexts created against games visited.
 
 With several runs of a method, aggregates.json and aggregates.md: per method (--group), the mean and the
-interquartile mean with 95% stratified-bootstrap confidence intervals of the final human-normalised
-score (per game and over games), of forgetting and of transfer. They need the `report` extra
-(rliable): pip install -e '.[report]'.
+interquartile mean of the final human-normalised score (per game and over games), of forgetting and of
+transfer; with 5 or more runs in a group, their 95% stratified-bootstrap confidence intervals, and for
+each pair of methods with 5+ runs each, rliable's probability of improvement (with its CI) on the final
+scores and a permutation test of the difference in mean forgetting. A group of fewer than 5 runs gets
+its per-run values and no interval. They need the `report` extra (rliable): pip install -e '.[report]'.
 
-Plots (matplotlib): curves.png (every game's evaluation return, methods overlaid, the mean over
-runs with its 95% CI band, the visits shaded), performance_profile.png (with the aggregates) and
-one matrix_<run>.png per run (the normalised score on game i after visit j).
+Plots (matplotlib): curves.png (every game's evaluation returns at the points evaluated, methods
+overlaid, the mean with its 95% CI band over 5+ runs, each run otherwise; the visits shaded grey; random
+and human reference lines), performance_profile.png (with the aggregates) and one matrix_<run>.png per
+run (the normalised score on game i before training and after visit j, one colour range for all runs).
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from agent.metrics import EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run  # noqa: E402
+from agent.metrics import (  # noqa: E402
+    MIN_RUNS_FOR_INTERVAL,
+    SCALES,
+    EvalLog,
+    MetricsError,
+    compute_metrics,
+    max_abs_returns,
+    read_run,
+)
 from agent.tasks import task_inference_summary  # noqa: E402
 
 EXTRA_HINT = "pip install -e '.[report]'"
@@ -66,45 +80,73 @@ def align(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return grid, np.array([np.interp(grid, s, v) for s, v in curves])
 
 
+def _episodes_caption(logs: list[EvalLog]) -> str:
+    counts = sorted({int(n) for log in logs if log.episodes is not None for n in log.episodes})
+    if not counts:
+        return "episodes per point: not recorded"
+    return f"each point: the mean return of {counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} episodes"
+
+
 def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, path: Path) -> None:
-    """Per game: every method's evaluation return (mean over runs and its CI band when `band`)."""
+    """Per game: every method's evaluation returns at the points evaluated; with MIN_RUNS_FOR_INTERVAL
+    runs or more the mean over runs and its 95% CI band, with fewer each run on its own. Visits are
+    shaded in greys (named above each span), so no method colour is also a visit's; random and human
+    reference returns are dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from envs.scores import reference_scores
 
     logs = [log for runs in groups.values() for log in runs]
     games = list(dict.fromkeys(g for log in logs for g in log.game_order))
     tables = [[(v.game, v.start_step, v.end_step) for v in log.visit_table()] for log in logs]
     shaded = tables[0] if all(t == tables[0] for t in tables) else []
-    fig, axes = plt.subplots(len(games), 1, figsize=(9, 2.6 * len(games)), sharex=True, squeeze=False)
-    shade = {game: plt.get_cmap("tab10")(i) for i, game in enumerate(games)}
-    colours = plt.get_cmap("Dark2")
+    fig, axes = plt.subplots(len(games), 1, figsize=(10, 2.8 * len(games)), sharex=True, squeeze=False)
+    colours = plt.get_cmap("tab10")
     for row, game in enumerate(games):
         ax = axes[row][0]
-        for trained, start, end in shaded:
+        for number, (trained, start, end) in enumerate(shaded):
             if end is not None:
-                ax.axvspan(start, end, color=shade[trained], alpha=0.12, lw=0)
+                ax.axvspan(start, end, color="0.88" if number % 2 == 0 else "0.95", lw=0, zorder=0)
+                ax.text((start + end) / 2, 1.0, trained, transform=ax.get_xaxis_transform(), ha="center",
+                        va="bottom", fontsize=7, color="0.35")
+        top = -np.inf
         for index, (method, runs) in enumerate(groups.items()):
-            colour = colours(index) if len(groups) > 1 else "black"
+            colour = colours(index % 10)
             curves = [log.series(game, smoothing) for log in runs if game in log.game_order]
             steps, values = align(curves) if curves else (np.array([]), None)
-            if band is not None and len(curves) > 1 and steps.size:
+            if band is not None and len(curves) >= MIN_RUNS_FOR_INTERVAL and steps.size:
                 mean, low, high = band(values)
-                ax.plot(steps, mean, color=colour, label=f"{method} (mean of {len(curves)}, 95% CI)")
-                ax.fill_between(steps, low, high, color=colour, alpha=0.25, lw=0)
+                ax.plot(steps, mean, color=colour, marker="o", ms=3,
+                        label=f"{method}: mean of {len(curves)} runs, 95% CI")
+                ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
+                top = max(top, float(np.max(high)))
             else:
+                note = (f"{method}: {len(curves)} runs, each shown (no CI under {MIN_RUNS_FOR_INTERVAL} runs)"
+                        if len(curves) > 1 else method)
                 for number, (s, v) in enumerate(curves):
-                    ax.plot(s, v, marker="o", ms=3, color=colour, alpha=1.0 if len(curves) == 1 else 0.6,
-                            label=method if number == 0 else None)
+                    ax.plot(s, v, marker="o", ms=3, lw=1, color=colour, alpha=1.0 if len(curves) == 1 else 0.7,
+                            label=note if number == 0 else None)
+                    top = max(top, float(np.max(v)) if v.size else top)
+        reference = reference_scores(game)
+        if reference is not None:
+            random_score, human_score = reference
+            ax.axhline(random_score, color="0.3", ls="--", lw=1, label="random / human (reference)" if row == 0 else None)
+            if human_score <= 1.5 * max(top, random_score, 1e-9) or top >= human_score:
+                ax.axhline(human_score, color="0.3", ls=":", lw=1)
+            else:
+                ax.text(0.995, 0.97, f"human {human_score:g} (above the axis)", transform=ax.transAxes,
+                        ha="right", va="top", fontsize=7, color="0.3")
         ax.set_ylabel(f"{game}\nmean return")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    handles += [plt.Rectangle((0, 0), 1, 1, color=shade[g], alpha=0.25) for g in games] if shaded else []
-    labels += [f"training {g}" for g in games] if shaded else []
     axes[0][0].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1][0].set_xlabel("agent steps")
-    fig.suptitle("Evaluation on every game during training" +
-                 (" (shaded: the game being trained)" if shaded else " (visits differ between runs: not shaded)"))
+    fig.suptitle("Evaluation on every game during training"
+                 + (" (grey bands: the visits, named above)" if shaded else " (visits differ between runs: not shaded)")
+                 + f"\n{_episodes_caption(logs)}" + (f", trailing mean over {smoothing} evaluations" if smoothing else ""),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -117,12 +159,16 @@ def plot_profiles(profiles: dict, taus: np.ndarray, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, (method, profile) in enumerate(profiles.items()):
-        colour = plt.get_cmap("Dark2")(index)
+        colour = plt.get_cmap("tab10")(index % 10)
         ax.plot(taus, profile["fraction"], color=colour, label=method)
-        ax.fill_between(taus, *profile["ci"], color=colour, alpha=0.25, lw=0)
+        if "ci" in profile:
+            ax.fill_between(taus, *profile["ci"], color=colour, alpha=0.25, lw=0)
+    ax.set_xlim(taus[0], taus[-1])
     ax.set_xlabel(r"human-normalised score $\tau$")
     ax.set_ylabel(r"fraction of runs x games with score > $\tau$")
-    ax.set_title("Performance profile of the final scores (95% CI)")
+    with_ci = all("ci" in profile for profile in profiles.values())
+    ax.set_title("Performance profile of the final scores" + (" (95% CI)" if with_ci else
+                 f" (no CI: fewer than {MIN_RUNS_FOR_INTERVAL} runs)"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -130,27 +176,43 @@ def plot_profiles(profiles: dict, taus: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_matrix(metrics: dict, path: Path) -> None:
+def plot_matrix(metrics: dict, path: Path, value_range: tuple[float, float], scale_label: str) -> None:
+    """The normalised score on each game before training and after each finished visit, on the colour
+    range shared by every run of the report (so two runs' matrices compare by colour)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     matrix = metrics["matrix"]
     values = np.array(matrix["values"], dtype=float).reshape(len(matrix["rows"]), len(matrix["columns"]))
-    fig, ax = plt.subplots(figsize=(1.3 * values.shape[1] + 3, 0.7 * values.shape[0] + 2))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(values.shape[1]), matrix["columns"], rotation=30, ha="right")
+    before = np.array([np.nan if v is None else v for v in matrix.get("before", [None] * len(matrix["rows"]))],
+                      dtype=float)
+    values = np.column_stack([before, values])
+    columns = ["before training", *matrix["columns"]]
+    fig, ax = plt.subplots(figsize=(1.3 * values.shape[1] + 3.5, 0.7 * values.shape[0] + 2.2))
+    image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=value_range[0], vmax=value_range[1])
+    ax.set_xticks(range(values.shape[1]), columns, rotation=30, ha="right")
     ax.set_yticks(range(values.shape[0]), matrix["rows"])
+    middle = (value_range[0] + value_range[1]) / 2
     for (i, j), value in np.ndenumerate(values):
         ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
-                color="white" if np.isnan(value) or value < np.nanmean(values) else "black", fontsize=9)
-    ax.set_xlabel("after visit (index: game trained)")
+                color="white" if np.isnan(value) or value < middle else "black", fontsize=9)
+    ax.axvline(0.5, color="white", lw=2)
+    ax.set_xlabel("before training, then after each finished visit (index: game trained)")
     ax.set_ylabel("score on game")
-    ax.set_title(f"{metrics['run']}: normalised score after each finished visit")
-    fig.colorbar(image, ax=ax)
+    ax.set_title(f"{metrics['run']}: normalised score\n(forgetting: a row's drop after a later visit; "
+                 "transfer: a row's change before its own first visit)", fontsize=9)
+    fig.colorbar(image, ax=ax, label=scale_label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def matrix_range(metrics: list[dict]) -> tuple[float, float]:
+    """One colour range for every run's matrix: [min(0, lowest), max(1, highest)]."""
+    finite = [v for m in metrics for row in m["matrix"]["values"] + [m["matrix"].get("before", [])]
+              for v in row if v is not None]
+    return (min([0.0, *finite]), max([1.0, *finite]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", choices=("method", "parent", "none"), default="method",
                         help="what makes runs one method: config.yaml's consolidation.method (default), the "
                              "run directory's parent folder, or nothing (all runs together)")
-    parser.add_argument("--scale", choices=("method", "shared"), default="method",
-                        help="each game's returns are divided by their largest absolute value over the runs of "
-                             "the same method (CORA, default) or over all runs given (one scale for all)")
+    parser.add_argument("--scale", choices=tuple(SCALES), default="shared",
+                        help="each game's returns are divided by their largest absolute value over all the runs "
+                             "given (shared, the default: methods compared on one scale) or over the runs of the "
+                             "same method (method: CORA's per-method scale)")
     parser.add_argument("--smoothing", type=int, default=None, metavar="N",
                         help="trailing moving average over N evaluations before anything else (CORA: 20 on "
                              "Atari, with evaluations every 0.25M steps); off by default")
@@ -214,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, runs in groups.items():
         scale = shared or max_abs_returns(runs, args.smoothing)
         for log in runs:
-            by_run[log.name] = dict(compute_metrics(log, scale, args.smoothing), group=method)
+            by_run[log.name] = dict(compute_metrics(log, scale, args.smoothing), group=method, scale=args.scale)
     metrics = [by_run[log.name] for log in logs]
     inferred = []
     for path, m in zip(args.runs, metrics):
@@ -233,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                 inferred.append(m)
     metrics_of = {method: [by_run[log.name] for log in runs] for method, runs in groups.items()}
     (out / "metrics.json").write_text(json.dumps(metrics if len(metrics) > 1 else metrics[0], indent=2))
+    scale_note = (f"scale: {args.scale}, {SCALES[args.scale]}"
+                  + (f"; after a trailing moving average over {args.smoothing} evaluations" if args.smoothing else ""))
+    print(f"Forgetting and transfer are normalised returns; {scale_note}.\n")
     print("| run | method | final human-normalised | mean forgetting | mean forward transfer |\n"
           "|---|---|---:|---:|---:|")
     for m in metrics:
@@ -250,22 +316,20 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = None
     if aggregates is not None:
-        notes = [f"normalisation of forgetting and transfer: each game's returns divided by their largest absolute "
-                 f"value over the runs of {'all methods' if shared else 'the same method'}"
-                 + (f", after a trailing moving average over {args.smoothing} evaluations" if args.smoothing else "")]
+        notes = [f"normalisation of forgetting and transfer: {scale_note}"]
         for method, runs in groups.items():
             ends = sorted({log.steps.max().item() for log in runs})
             if len(ends) > 1:
                 notes.append(f"{method}: the runs end at different steps {ends}: their final scores differ in age")
                 print(f"warning: {notes[-1]}", file=sys.stderr)
         summary = aggregates.aggregate(metrics_of, args.reps, args.seed)
-        summary["normalisation"] = "shared" if shared else "method"
+        summary["normalisation"] = args.scale
+        summary["normalisation_note"] = SCALES[args.scale]
         summary["smoothing"] = args.smoothing
         matrices = {method: aggregates.final_score_matrix(runs)[1] for method, runs in metrics_of.items()}
         matrices = {method: m for method, m in matrices.items() if m.size}
         if matrices:
-            everything = np.concatenate([m.ravel() for m in matrices.values()])
-            taus = np.linspace(min(0.0, everything.min()), max(1.0, everything.max()), 101)
+            taus = aggregates.profile_taus(matrices)
             summary["performance_profile"] = {"taus": taus.tolist(),
                                               **aggregates.performance_profile(matrices, taus, args.reps, args.seed)}
         (out / "aggregates.json").write_text(json.dumps(summary, indent=2))
@@ -283,12 +347,15 @@ def main(argv: list[str] | None = None) -> int:
             written.append("curves.png")
             if summary is not None and "performance_profile" in summary:
                 profile = dict(summary["performance_profile"])
-                plot_profiles({k: v for k, v in profile.items() if k != "taus"}, np.array(profile["taus"]),
+                plot_profiles({k: v for k, v in profile.items() if k not in ("taus",)}, np.array(profile["taus"]),
                               out / "performance_profile.png")
                 written.append("performance_profile.png")
+            value_range = matrix_range(metrics)
+            scale_label = ("return / game's largest |return|\nover all runs (shared scale)" if args.scale == "shared"
+                           else "return / game's largest |return|\nover this method's runs (per-method scale)")
             for m in metrics:
                 name = f"matrix_{m['run'].replace('/', '_')}.png"
-                plot_matrix(m, out / name)
+                plot_matrix(m, out / name, value_range, scale_label)
                 written.append(name)
     print(f"Wrote {', '.join(written)} in {out}", file=sys.stderr)
     return 0
