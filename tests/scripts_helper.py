@@ -14,3 +14,4 @@ def _load(name):
 
 
 report_main = _load("report").main
+pilot_report = _load("pilot_report")
