@@ -179,10 +179,11 @@ class DQNConfig(_Section):
     max_grad_norm: float = Field(10.0, gt=0)
     clip_rewards: bool = True
     """Clip rewards to [-1, 1] in the learner (logged returns stay raw)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16: autocast the update's and the actor's forward passes to bfloat16 (about 2x faster on CPUs with
-    AVX512-BF16/AMX; no faster on an H200 at batch 32). The Q head, every argmax, the Fisher, the penalty and
-    the optimiser stay float32."""
+    AVX512-BF16/AMX; 0.79x on CPUs without them, which emulate it; no faster on an H200 at batch 32). The Q head,
+    every argmax, the Fisher, the penalty and the optimiser stay float32. auto: bf16 on a CPU with native
+    bfloat16, fp32 elsewhere; the run's config.yaml records the one chosen."""
     cuda_graph: bool = True
     """On CUDA, run each update as one captured CUDA graph (8x more updates/s on an H200); ignored on the CPU."""
 

@@ -38,7 +38,7 @@ from agent.checkpoint import CheckpointError, list_checkpoints, load_latest, sav
 from agent.config import TrainConfig, load_config, resolve_device, validate_config
 from agent.console import Console
 from agent.consolidation import ONLINE, Consolidator
-from agent.dqn import DQNLearner, linear_epsilon, per_sample_td_loss
+from agent.dqn import DQNLearner, choose_precision, linear_epsilon, per_sample_td_loss
 from agent.evaluation import evaluate_games
 from agent.graphed import GraphedUpdate, eager_update
 from agent.networks import QNetwork
@@ -85,9 +85,14 @@ class Progress:
 
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: dict | None = None):
-        self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
+        precision, why = choose_precision(config.dqn.precision, self.device.type)
+        if precision != config.dqn.precision:  # config.yaml and checkpoints record the precision used
+            config = config.model_copy(deep=True)
+            config.dqn.precision = precision
+            print(f"dqn.precision: {precision} ({why})", file=sys.stderr)
+        self.config = config
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         random.seed(config.seed)
@@ -664,6 +669,9 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
     saved = validate_config(state["config"], f"config stored in {path}", stored=True)
     if config is None:
         config = saved
+    elif config.dqn.precision == "auto":  # a run keeps the precision it started with, on any machine
+        config = config.model_copy(deep=True)
+        config.dqn.precision = saved.dqn.precision
     unsafe = [key for key in differing_keys(saved.to_dict(), config.to_dict())
               if not key.startswith(RESUMABLE_CHANGES)]
     if unsafe:

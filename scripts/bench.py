@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from agent.config import load_config  # noqa: E402
 from agent.consolidation import Consolidator  # noqa: E402
-from agent.dqn import DQNLearner  # noqa: E402
+from agent.dqn import DQNLearner, choose_precision  # noqa: E402
 from agent.fisher import estimate_fisher  # noqa: E402
 from agent.graphed import GraphedUpdate, eager_update  # noqa: E402
 from agent.networks import QNetwork  # noqa: E402
@@ -88,6 +88,7 @@ def _learner_rate(args, precision: str = "fp32", fused: bool = True, updates: in
     torch.manual_seed(0)
     network = QNetwork(NUM_ACTIONS, num_tasks=num_tasks).to(device)
     network.set_task(num_tasks - 1 if num_tasks else None)
+    precision = choose_precision(precision, device.type)[0]
     learner = DQNLearner(network, 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, True, precision, capturable=graphed)
     if not fused:
         learner.optimizer = torch.optim.Adam(learner.online.parameters(), lr=1e-4, eps=1.5e-4, foreach=False)
@@ -111,8 +112,13 @@ def _sync(device: torch.device) -> None:
 def bench_learner(args) -> list[tuple]:
     fused = _learner_rate(args)
     what = f"learner updates/s, batch 32, Nature CNN, Double DQN, {args.device}"
+    bf16 = _learner_rate(args, "bf16")
+    auto = f"precision auto (= {choose_precision('auto', torch.device(args.device).type)[0]} here), fused Adam"
+    auto_rate = _learner_rate(args, "auto")
     rows = [(what, "fp32, fused Adam", fused, "fp32, per-parameter Adam", _learner_rate(args, fused=False)),
-            (what, "bf16 autocast (fp32 Q head), fused Adam", _learner_rate(args, "bf16"), "fp32, fused Adam", fused)]
+            (what, "bf16 autocast (fp32 Q head), fused Adam", bf16, "fp32, fused Adam", fused),
+            (what, auto, auto_rate, "fp32, fused Adam", fused),
+            (what, auto, auto_rate, "bf16 autocast (fp32 Q head), fused Adam", bf16)]
     if args.device != "cpu":
         rows += [(what, f"{precision}, one CUDA graph per update", _learner_rate(args, precision, graphed=True),
                   "fp32, fused Adam, eager", fused) for precision in ("fp32", "bf16")]
@@ -165,17 +171,21 @@ def bench_end_to_end(args) -> list[tuple]:
     label = f"end-to-end agent steps/s, {args.device}, 1 update / 4 steps, steady state"
     rows = []
     graph = ", CUDA graph" if args.cuda_graph else ""
+    first_rates = {}
     for precision in args.precisions:
         limit = 4 * _learner_rate(args, precision, graphed=args.cuda_graph)
+        shown = precision if precision != "auto" else \
+            f"auto (= {choose_precision('auto', torch.device(args.device).type)[0]})"
         for num_envs in args.envs:
             rate = steady_rate(_end_to_end_config(args, num_envs, precision))
-            name = f"{num_envs} envs, {precision}, overlapped{graph}"
+            first_rates.setdefault(precision, rate)
+            name = f"{num_envs} envs, {shown}, overlapped{graph}"
             if baseline:
                 rows.append((label, name, rate, *baseline))
-            rows.append((label, name, rate, f"learner-bound limit (4 x {precision}{graph} updates/s, same run)", limit))
+            rows.append((label, name, rate, f"learner-bound limit (4 x {shown}{graph} updates/s, same run)", limit))
         if precision == "fp32":
             sequential = steady_rate(_end_to_end_config(args, args.envs[0], precision, overlap=False))
-            first = rows[1 if baseline else 0][2]
+            first = first_rates["fp32"]
             rows.append((label, f"{args.envs[0]} envs, fp32, overlapped{graph}", first,
                          f"{args.envs[0]} envs, fp32, sequential (env.overlap=false){graph}", sequential))
             if args.device != "cpu":
@@ -484,7 +494,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (learner and end-to-end rows)")
     parser.add_argument("--envs", default="8", help="comma-separated env counts of the end-to-end rows")
-    parser.add_argument("--precisions", default="fp32,bf16", help="precisions of the end-to-end rows")
+    parser.add_argument("--precisions", default="fp32,bf16,auto", help="precisions of the end-to-end rows")
     parser.add_argument("--cuda-graph", action="store_true", help="end-to-end runs with dqn.cuda_graph=true")
     parser.add_argument("--no-sb3", action="store_true", help="leave out the Stable-Baselines3 rows")
     parser.add_argument("--busy", type=int, default=0, metavar="N",

@@ -184,3 +184,20 @@ def test_a_full_disk_during_training_stops_cleanly_and_keeps_the_previous_checkp
     err = capsys.readouterr().err
     assert str(error).split(":")[-1].strip() in err and "--resume" in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_precision_auto_is_recorded_as_chosen_and_kept_on_resume(tmp_path, monkeypatch):
+    """config.yaml and the checkpoint say which precision ran; a resume keeps it whatever this CPU offers."""
+    import yaml
+
+    import agent.dqn
+    monkeypatch.setattr(agent.dqn, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    run = tiny_run(tmp_path / "run", "Breakout", 40)
+    assert yaml.safe_load((run / "config.yaml").read_text())["dqn"]["precision"] == "bf16"
+    assert load_latest(run / "checkpoints")[1]["config"]["dqn"]["precision"] == "bf16"
+    monkeypatch.setattr(agent.dqn, "cpu_flags", lambda: {"avx512f"})  # the run moves to a CPU without bf16
+    assert train_main(["--resume", str(run), "--config", SMOKE, *TINY, "schedule.games=[Breakout]",
+                       "schedule.steps_per_visit=80", "dqn.learning_starts=40"]) == 0
+    assert load_latest(run / "checkpoints")[1]["config"]["dqn"]["precision"] == "bf16"
+    fresh = tiny_run(tmp_path / "fresh", "Breakout", 40)
+    assert yaml.safe_load((fresh / "config.yaml").read_text())["dqn"]["precision"] == "fp32"
