@@ -170,36 +170,36 @@ def test_a_partly_written_replay_checkpoints_only_its_written_slots():
 
 
 def stop_when(cmd, marker, sig=signal.SIGTERM, timeout=180):
-    """Run `cmd`, send `sig` when `marker` appears in its output; (exit code, output, seconds to exit)."""
+    """Run `cmd` and send `sig` as soon as `marker` appears in its output; (exit code, output)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, deadline = [], time.monotonic() + timeout
+    output, deadline = [], time.monotonic() + timeout  # a hang guard, not a threshold
     try:
         for line in proc.stdout:
             output.append(line)
             assert time.monotonic() < deadline, "".join(output)
             if marker in line:
-                time.sleep(1.0)  # well inside the work the marker announces
-                sent = time.monotonic()
                 proc.send_signal(sig)
                 break
-        rest = proc.communicate(timeout=60)[0]
-        return proc.returncode, "".join(output) + rest, time.monotonic() - sent
+        rest = proc.communicate(timeout=timeout)[0]
+        return proc.returncode, "".join(output) + rest
     finally:
         proc.kill()
 
 
 @pytest.mark.parametrize("phase", ["evaluation", "fisher"])
-def test_a_stop_signal_is_acted_on_within_seconds(tmp_path, phase):
-    """Both would take minutes: 300 evaluation episodes, or the expected Fisher over 400 minibatches."""
+def test_a_stop_signal_is_acted_on_within_the_work(tmp_path, phase):
+    """Both would take minutes: 300 evaluation episodes, or the expected Fisher over 400 minibatches. The
+    signal comes as the work starts (its line printed); the run stops with the work abandoned and owed,
+    which a run that finished the work first would not show. How fast it stops is measured by
+    `scripts/bench.py --only signals` (README, "Long runs"), not asserted here."""
     run = tmp_path / "run"
     long_work = {"evaluation": ["eval.episodes=300", "eval.num_envs=1", "eval.epsilon=1.0"],
                  "fisher": ["eval.episodes=0", "consolidation.fisher_batches=400"]}[phase]
     marker = {"evaluation": "evaluating 1 game(s)", "fisher": "consolidating Breakout"}[phase]
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
            "schedule.games=[Breakout]", "schedule.steps_per_visit=64", "dqn.learning_starts=8", *long_work]
-    code, output, seconds = stop_when(cmd, marker)
+    code, output = stop_when(cmd, marker)
     assert code == 3, output
-    assert seconds < 10, f"took {seconds:.1f} s to stop"
     assert "Stopped by signal" in output and "--resume" in output
     state = load_latest(run / "checkpoints")[1]
     # The abandoned work is owed: the resumed run redoes it.

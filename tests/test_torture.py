@@ -31,25 +31,27 @@ ARGS = ["--config", SMOKE, "schedule.games=[Breakout, Pong]", "schedule.cycles=2
         "eval.episodes=1", "eval.num_envs=1", "eval.epsilon=0.05", "eval.max_episode_frames=600",
         "logging.log_every=40", "logging.progress_bar=false", "torch_threads=1"]
 EVALUATING = "evaluating 2 game(s) x 1 episode(s) at step"
-# When to kill: a line of the run's output (then a delay), or a file appearing in the run directory;
-# "term" stops the run with SIGTERM instead of SIGKILL.
+# When to kill: as soon as a line of the run's output appears (lines announce the work that follows
+# them, so the kill lands inside it whatever the machine's speed), or a file appears in the run
+# directory (polled; a write that finishes between two polls is caught at the next one);
+# "term" stops the run with SIGTERM instead of SIGKILL; "random" after a seeded random delay.
 MOMENTS = [
-    ("line", f"{EVALUATING} 0", 0.3),
-    ("line", f"[step {VISIT}] consolidating Breakout", 0.3),
-    ("file", "checkpoints/*.pt.tmp", 0.0),
-    ("line", "training Pong (visit 2/4)", 0.4),
-    ("line", f"{EVALUATING} {2 * VISIT}", 0.2),
-    ("file", "milestones/*.pt.tmp", 0.0),
-    ("file", f"checkpoints/step-{2 * VISIT:012d}.done", 0.0),  # right after a switch checkpoint
-    ("line", "training Breakout (visit 3/4)", 0.5),
-    ("line", "scores:", 0.0),  # just after an evaluation's rows were written
-    ("line", f"[step {3 * VISIT}] consolidating Breakout", 0.3),
+    ("line", f"{EVALUATING} 0"),
+    ("line", f"[step {VISIT}] consolidating Breakout"),
+    ("file", "checkpoints/*.pt.tmp"),
+    ("line", "training Pong (visit 2/4)"),
+    ("line", f"{EVALUATING} {2 * VISIT}"),
+    ("file", "milestones/*.pt.tmp"),
+    ("file", f"checkpoints/step-{2 * VISIT:012d}.done"),  # right after a switch checkpoint
+    ("line", "training Breakout (visit 3/4)"),
+    ("line", "scores:"),  # just after an evaluation's rows were written
+    ("line", f"[step {3 * VISIT}] consolidating Breakout"),
     # SIGTERM during a Fisher estimate: a checkpoint just before the switch; then SIGKILL while the
     # resumed run writes the switch's own checkpoint at the same step.
-    ("term", f"[step {3 * VISIT}] consolidating Breakout", 0.3),
-    ("file", "checkpoints/*.pt.tmp", 0.0),
-    ("random", None, None),
-    ("file", "checkpoints/*.pt.tmp", 0.0),
+    ("term", f"[step {3 * VISIT}] consolidating Breakout"),
+    ("file", "checkpoints/*.pt.tmp"),
+    ("random", None),
+    ("file", "checkpoints/*.pt.tmp"),
 ]
 
 
@@ -93,7 +95,7 @@ class Launcher:
 
 def run_until(launcher, proc, moment, run_dir, rng):
     """Kill `proc` at `moment`; returns True if it was killed, False if it finished first."""
-    kind, what, delay = moment
+    kind, what = moment
     if kind == "term":
         kind, sig, expected = "line", signal.SIGTERM, 3
     else:
@@ -103,7 +105,7 @@ def run_until(launcher, proc, moment, run_dir, rng):
         lines = launcher.new_lines()
         if kill_at is None and (kind == "line" and any(what in line for line in lines)
                                 or kind == "file" and any(run_dir.glob(what))):
-            kill_at = time.monotonic() + delay
+            kill_at = time.monotonic()
         if kill_at is not None and time.monotonic() >= kill_at:
             os.kill(proc.pid, sig)
             proc.join()
@@ -130,7 +132,7 @@ def test_kill_and_resume_at_a_dozen_moments_equals_an_uninterrupted_run(tmp_path
             break
         step = load_latest(tortured / "checkpoints")[1]["progress"]["global_step"] \
             if list_checkpoints(tortured / "checkpoints") else None
-        kills.append((moment[0], moment[1], step))
+        kills.append((*moment, step))
         proc = launcher.start(["--resume", str(tortured)])
         proc.start()
     proc.join(timeout=300)
