@@ -12,11 +12,13 @@ markers. Whole files are replaced atomically: a kill leaves the old or the new v
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import itertools
 import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_ret
 RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv", "contexts.csv")
 CSV_FILES = ("eval.csv", "contexts.csv")  # appended to; a checkpoint records their sizes
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
+WRITER_LOCK = ".writer.lock"  # held by the one process that writes the run (train, resume, a sweep's run)
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
 
 
@@ -149,3 +152,64 @@ def owned_by_run(path: Path) -> Path | None:
         if ancestor.name in RECORD_DIRS and holds_run(ancestor.parent):
             return ancestor.parent
     return None
+
+
+class RunBusy(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+class _Lock:
+    """An flock held on an open file; `release` empties the file (it named the holder) and lets go."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            self.handle.truncate(0)
+            self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def exclusive(path: Path, owner: str, wait: float = 0.0) -> _Lock:
+    """An exclusive flock on `path` (the kernel releases it however the process ends), usable as a
+    context manager; waits up to `wait` seconds, then raises TimeoutError naming the holder."""
+    import fcntl
+
+    handle = open(path, "a+")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().strip() or "holder unknown"
+                handle.close()
+                raise TimeoutError(holder) from None
+            time.sleep(0.2)
+    handle.truncate(0)
+    handle.write(owner + "\n")
+    handle.flush()
+    return _Lock(handle)
+
+
+def hold_run(run_dir: Path) -> _Lock:
+    """The run directory's writer lock, taken before anything of the record is written. A second
+    writer (train.py on the same --run-dir or --resume, a sweep's run) is refused with RunBusy naming
+    the holder; readers (report.py, TensorBoard, evaluate.py) take no lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    try:
+        return exclusive(run_dir / WRITER_LOCK, f"pid {os.getpid()} on {socket.gethostname()}, since {since}")
+    except TimeoutError as exc:
+        raise RunBusy(f"{run_dir} is being written by another process ({exc}). Two writers would interleave "
+                      "its eval.csv, TensorBoard events and checkpoints. Wait for that process to finish, or stop "
+                      f"it (SIGTERM writes a checkpoint), then continue with: python scripts/train.py --resume "
+                      f"{run_dir}") from None

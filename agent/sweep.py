@@ -40,7 +40,7 @@ import yaml
 
 from agent.checkpoint import CheckpointError, list_checkpoints
 from agent.config import ConfigError, TrainConfig, load_config, validate_config
-from agent.rundir import holds_run, replace_atomically
+from agent.rundir import exclusive, holds_run, replace_atomically
 
 # Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
 ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "games": "schedule.games"}
@@ -433,38 +433,6 @@ def lock(out: Path):
     except TimeoutError as exc:
         raise SweepError(f"Another sweep is running in {out} ({exc}); wait for it, or stop it (its runs resume "
                          "when the sweep is run again).") from None
-
-
-@contextlib.contextmanager
-def _held(handle):
-    try:
-        yield
-    finally:
-        handle.close()
-
-
-def exclusive(path: Path, owner: str, wait: float = 0.0):
-    """An exclusive flock on `path` (the kernel releases it however the process ends), as a context
-    manager; waits up to `wait` seconds, then raises TimeoutError naming the holder."""
-    import fcntl
-
-    handle = open(path, "a+")
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.seek(0)
-                holder = handle.read().strip() or "holder unknown"
-                handle.close()
-                raise TimeoutError(holder) from None
-            time.sleep(0.2)
-    handle.truncate(0)
-    handle.write(owner + "\n")
-    handle.flush()
-    return _held(handle)
 
 
 def check_resources(sweep: Sweep, local: bool) -> None:

@@ -142,6 +142,11 @@ class Trainer:
             print(f"The run in {self.run_dir} already finished its schedule ({self.progress.global_step:,} steps); "
                   "nothing was changed. Raise schedule.cycles to continue it.", file=sys.stderr)
             return EXIT_DONE
+        try:
+            writer_lock = rundir.hold_run(self.run_dir)
+        except rundir.RunBusy as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.console = Console(self._total_steps(), self.progress.global_step, bar=self.config.logging.progress_bar)
         try:
@@ -193,6 +198,7 @@ class Trainer:
             self.console.close()
             if self.writer is not None:
                 self.writer.close()
+            writer_lock.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

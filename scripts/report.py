@@ -132,7 +132,8 @@ def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, p
         reference = reference_scores(game)
         if reference is not None:
             random_score, human_score = reference
-            ax.axhline(random_score, color="0.3", ls="--", lw=1, label="random / human (reference)" if row == 0 else None)
+            ax.axhline(random_score, color="0.3", ls="--", lw=1,
+                       label="random / human (reference)" if row == 0 else None)
             if human_score <= 1.5 * max(top, random_score, 1e-9) or top >= human_score:
                 ax.axhline(human_score, color="0.3", ls=":", lw=1)
             else:
@@ -145,7 +146,8 @@ def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, p
     axes[-1][0].set_xlabel("agent steps")
     fig.suptitle("Evaluation on every game during training"
                  + (" (grey bands: the visits, named above)" if shaded else " (visits differ between runs: not shaded)")
-                 + f"\n{_episodes_caption(logs)}" + (f", trailing mean over {smoothing} evaluations" if smoothing else ""),
+                 + f"\n{_episodes_caption(logs)}"
+                 + (f", trailing mean over {smoothing} evaluations" if smoothing else ""),
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -158,7 +158,8 @@ def test_identical_returns_get_identical_metrics_whatever_the_other_runs(tmp_pat
     however the methods' other runs scored; the per-method scale (an option) tells them apart and says so."""
     root = tmp_path / "runs"
     same = eval_csv("ABCABC")
-    runs = [write_run(root / "ewc" / "twin", same, method="ewc"), write_run(root / "none" / "twin", same, method="none")]
+    runs = [write_run(root / "ewc" / "twin", same, method="ewc"),
+            write_run(root / "none" / "twin", same, method="none")]
     louder = {step: tuple(10 * r for r in row) for step, row in RETURNS.items()}
     runs.append(write_run(root / "ewc" / "loud", eval_csv("ABCABC", louder), method="ewc"))
     runs.append(write_run(root / "none" / "quiet", eval_csv("ABCABC"), method="none"))
