@@ -162,11 +162,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nInterrupted: nothing was written.", file=sys.stderr)
             return 130
-    results.update(checkpoint=str(path), step=step, config_hash=config.digest(),
-                   seed=args.seed, epsilon=args.epsilon, episodes=args.episodes)
+    results.update(checkpoint=str(path), step=step, config_hash=config.digest(), seed=args.seed,
+                   epsilon=args.epsilon, episodes=args.episodes, num_envs=args.num_envs,
+                   max_episode_frames=settings.max_episode_frames,
+                   capped_episodes=sum(r["capped_episodes"] for r in results["games"].values()))
     print(format_table(results))
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2))
         write_csv(results, args.output.with_suffix(".csv"))
         print(f"Wrote {args.output} and {args.output.with_suffix('.csv')}", file=sys.stderr)
@@ -236,7 +237,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
 
 
 def check_output(output: Path) -> None:
-    """Refuse an --output whose JSON or CSV would overwrite a file of a run's own record."""
+    """Before anything is played: refuse an --output that is a directory, whose JSON or CSV would
+    overwrite a file of a run's own record, or whose folder cannot be created or written."""
     for target in (output, output.with_suffix(".csv")):
         if target.is_dir():
             raise ConfigError(f"--output {output}: {target} is a directory; give a file name such as "
@@ -247,6 +249,20 @@ def check_output(output: Path) -> None:
                               f"{run} (training writes eval.csv, config.yaml, schedule.json, tb/, checkpoints/, "
                               "milestones/). "
                               f"Write the evaluation elsewhere, e.g. --output {run / 'evaluations' / 'final.json'}.")
+    make_dir(output.parent, "output folder", "--output")
+    check_writable(output.parent, "--output")
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Refuse a folder this process cannot create files in (read-only, another user's), naming the option."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can "
+                          f"write to.") from None
 
 
 def check_video_dir(directory: Path, targets: list[Path]) -> None:
@@ -284,7 +300,8 @@ def make_dir(path: Path, what: str = "run directory", option: str = "--run-dir")
         raise ConfigError(f"cannot create {what} {path}: {reason}; choose another {option}.") from None
 
 
-COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "human_normalized")
+COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "capped_episodes", "human_normalized")
+SETTINGS = ("checkpoint", "step", "config_hash", "seed", "epsilon", "num_envs", "max_episode_frames")
 
 
 def format_table(results: dict) -> str:
@@ -294,11 +311,16 @@ def format_table(results: dict) -> str:
         return f"{value:d}" if isinstance(value, int) else f"{value:.2f}"
 
     lines = [f"checkpoint {results['checkpoint']} (step {results['step']}), epsilon {results['epsilon']}, "
-             f"seed {results['seed']}",
+             f"seed {results['seed']}, {results['num_envs']} envs, episodes capped at "
+             f"{results['max_episode_frames']:,} frames",
              "| game | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for game, row in results["games"].items():
         lines.append(f"| {game} | " + " | ".join(cell(row[c]) for c in COLUMNS) + " |")
     lines.append(f"mean human-normalised score: {cell(results['mean_human_normalized'])}")
+    if results["capped_episodes"]:
+        lines.append(f"warning: {results['capped_episodes']} episode(s) hit the frame cap "
+                     f"({results['max_episode_frames']:,} frames): their returns are cut short, and so are the "
+                     "scores above; raise --max-episode-frames for full episodes.")
     return "\n".join(lines)
 
 
@@ -307,10 +329,9 @@ def write_csv(results: dict, path: Path) -> None:
 
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["game", *COLUMNS, "checkpoint", "step", "seed", "epsilon"])
+        writer.writerow(["game", *COLUMNS, *SETTINGS])
         for game, row in results["games"].items():
-            writer.writerow([game, *(row[c] for c in COLUMNS), results["checkpoint"], results["step"],
-                             results["seed"], results["epsilon"]])
+            writer.writerow([game, *(row[c] for c in COLUMNS), *(results[key] for key in SETTINGS)])
 
 
 def describe_keys() -> str:

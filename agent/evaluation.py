@@ -33,8 +33,8 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
                   on_episode: Callable[[str, int], None] | None = None,
                   poll: Callable[[], None] | None = None,
                   task_of: Callable[[str, np.ndarray], int | None] | None = None) -> dict:
-    """{"returns": [...], "lengths": [...], "task": the task that played most steps, or None} of `episodes`
-    complete episodes of `game`.
+    """{"returns": [...], "lengths": [...], "capped": episodes cut by the frame cap, "task": the task that
+    played most steps, or None} of `episodes` complete episodes of `game`.
 
     `seed` is any non-negative integer (the env seed is derived from it into ale-py's range);
     `on_episode(game, finished)` is called at the start and after every finished episode;
@@ -49,7 +49,7 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
     device = next(network.parameters()).device
     rng = np.random.default_rng(seed)
     env = make_vector_env(game, num_envs, settings or AtariSettings(), backend=backend)
-    returns, lengths = [], []
+    returns, lengths, capped = [], [], 0
     try:
         if on_episode is not None:
             on_episode(game, 0)
@@ -74,6 +74,7 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
             for e in np.flatnonzero((step.terminated | step.truncated) & counting):
                 returns.append(float(running[e]))
                 lengths.append(int(running_len[e]))
+                capped += bool(step.truncated[e] and not step.terminated[e])
                 finished[e] += 1
                 running[e], running_len[e] = 0.0, 0
                 if on_episode is not None:
@@ -87,10 +88,10 @@ def play_episodes(network: nn.Module, game: str, episodes: int, epsilon: float =
     finally:
         env.close()
     most = max(task_steps, key=task_steps.get) if task_steps else None  # ties: the first used
-    return {"returns": returns, "lengths": lengths, "task": most}
+    return {"returns": returns, "lengths": lengths, "capped": capped, "task": most}
 
 
-def summarize(game: str, returns: list[float]) -> dict[str, float]:
+def summarize(game: str, returns: list[float], capped: int = 0) -> dict[str, float]:
     values = np.asarray(returns, dtype=np.float64)
     mean = float(values.mean())
     hns = human_normalized_score(game, mean)
@@ -101,6 +102,7 @@ def summarize(game: str, returns: list[float]) -> dict[str, float]:
         "min": float(values.min()),
         "max": float(values.max()),
         "episodes": int(len(values)),
+        "capped_episodes": int(capped),  # ended by the frame cap, not by the game: their returns are cut short
         "human_normalized": None if math.isnan(hns) else hns,
     }
 
@@ -119,7 +121,7 @@ def evaluate_games(network: nn.Module, games: list[str], episodes: int, epsilon:
     for index, game in enumerate(games):
         played = play_episodes(network, game, episodes, epsilon, derive_seed(seed, index), settings, num_envs,
                                on_episode=on_episode, poll=poll, task_of=task_of)
-        results[game] = summarize(game, played["returns"])
+        results[game] = summarize(game, played["returns"], played["capped"])
         if played["task"] is not None:
             results[game]["task"] = played["task"]
     normalised = [r["human_normalized"] for r in results.values() if r["human_normalized"] is not None]

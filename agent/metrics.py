@@ -86,6 +86,18 @@ class EvalLog:
                       np.array([float(r.get("human_normalized") or "nan") for r in rows]), steps_per_visit)
         except ValueError as exc:
             raise MetricsError(f"{path} has a malformed row: {exc}") from None
+        seen: dict[tuple[int, str], int] = {}
+        twice = []
+        for line, (step, game) in enumerate(zip(log.steps.tolist(), log.games), start=2):
+            if (step, game) in seen:
+                twice.append(f"step {step}, {game} (lines {seen[(step, game)]} and {line})")
+            seen.setdefault((step, game), line)
+        if twice:
+            raise MetricsError(f"{path} has more than one row for the same step and game: {'; '.join(twice[:5])}"
+                               f"{f' and {len(twice) - 5} more' if len(twice) > 5 else ''}. Two processes may have "
+                               "trained this run at once (a run written before training took a lock on its "
+                               "directory), so its record is not one run's: compare the rows, keep one of each, "
+                               "or rerun it.")
         log.game_order = list(dict.fromkeys(log.games))
         try:
             if all(r.get("episodes") not in (None, "") for r in rows):
@@ -106,7 +118,7 @@ class EvalLog:
                        None if self.episodes is None else self.episodes[rows])
 
     def series(self, game: str, smoothing: int | None = None, column: str = "returns") -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one game in step order; a step logged twice keeps its last row."""
+        """(steps, values) of one game in step order (`read` refuses a step logged twice)."""
         rows = np.flatnonzero(np.array(self.games) == game)
         by_step = dict(zip(self.steps[rows].tolist(), getattr(self, column)[rows].tolist()))
         steps = np.array(sorted(by_step), dtype=np.int64)
@@ -126,6 +138,11 @@ class EvalLog:
             start = int(earlier.max()) if earlier.size else first_step
             inside = self.steps[rows & (self.steps > start)]
             end = int(inside.max()) if inside.size else None
+            game = next(iter(games))
+            if game not in self.game_order:
+                raise MetricsError(f"{self.name}: visit {index} trained {game}, but eval.csv has no evaluation of "
+                                   f"{game} (it evaluates {', '.join(self.game_order)}): the run's evaluations must "
+                                   "cover every game it trains, as training writes them.")
             later = bool((self.visits > index).any())
             lasted = end is not None and self.steps_per_visit is not None and end - start >= self.steps_per_visit
             table.append(Visit(index, games.pop(), start, end, end is not None and (later or lasted)))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from agent.cli import check_writable  # noqa: E402
+from agent.config import ConfigError  # noqa: E402
 from agent.metrics import (  # noqa: E402
     MIN_RUNS_FOR_INTERVAL,
     SCALES,
@@ -46,9 +49,36 @@ from agent.metrics import (  # noqa: E402
     max_abs_returns,
     read_run,
 )
+from agent.rundir import holds_run, owned_by_run  # noqa: E402
 from agent.tasks import task_inference_summary  # noqa: E402
 
 EXTRA_HINT = "pip install -e '.[report]'"
+
+
+def default_out(runs: list[Path]) -> Path:
+    """Beside the record, never in it: RUN/report for one run, else report/ in the runs' common folder."""
+    if len(runs) == 1:
+        return runs[0] / "report"
+    common = Path(os.path.commonpath([str(run.resolve()) for run in runs]))
+    return common / "report"
+
+
+def check_out(out: Path) -> None:
+    """Before anything is computed: --out must be a folder this process can write, and neither a run
+    directory nor a part of a run's record (its config.yaml, eval.csv, tb/, checkpoints/, milestones/)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder, e.g. --out {out.with_suffix('')}-report.")
+    if holds_run(out):
+        raise ConfigError(f"--out {out} is a run directory: the report would mix with its record. "
+                          f"Give e.g. --out {out / 'report'}.")
+    run = owned_by_run(out / "metrics.json")
+    if run is not None:
+        raise ConfigError(f"--out {out} lies inside the record of the run in {run}. Give e.g. --out {run / 'report'}.")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file; choose another --out.")
+    if existing is not None:
+        check_writable(existing, "--out")
 
 
 def run_labels(paths: list[Path]) -> list[str]:
@@ -220,7 +250,8 @@ def matrix_range(metrics: list[dict]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding eval.csv (and config.yaml)")
-    parser.add_argument("--out", type=Path, help="where the reports and plots go (default: the first run)")
+    parser.add_argument("--out", type=Path, help="where the reports and plots go (default: RUN/report for one run; "
+                        "for several, report/ in the folder that holds them)")
     parser.add_argument("--group", choices=("method", "parent", "none"), default="method",
                         help="what makes runs one method: config.yaml's consolidation.method (default), the "
                              "run directory's parent folder, or nothing (all runs together)")
@@ -244,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
 
     try:
+        out = args.out or default_out(args.runs)
+        check_out(out)
         labels = run_labels(args.runs)
         logs = []
         for path, label in zip(args.runs, labels):
@@ -257,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             groups.setdefault(group_of(log, path, args.group), []).append(log)
         for log in logs:
             log.visit_table()  # malformed visits are reported here, before anything is written
-    except MetricsError as exc:
+    except (MetricsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     aggregates = None
@@ -272,14 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         if log.steps_per_visit is None:
             print(f"note: {log.name} has no config.yaml: its last visit counts as unfinished.", file=sys.stderr)
 
-    out = args.out or args.runs[0]
-    out.mkdir(parents=True, exist_ok=True)
     shared = max_abs_returns(logs, args.smoothing) if args.scale == "shared" else None
     by_run = {}
-    for method, runs in groups.items():
-        scale = shared or max_abs_returns(runs, args.smoothing)
-        for log in runs:
-            by_run[log.name] = dict(compute_metrics(log, scale, args.smoothing), group=method, scale=args.scale)
+    try:
+        for method, runs in groups.items():
+            scale = shared or max_abs_returns(runs, args.smoothing)
+            for log in runs:
+                by_run[log.name] = dict(compute_metrics(log, scale, args.smoothing), group=method, scale=args.scale)
+    except MetricsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = [by_run[log.name] for log in logs]
     inferred = []
     for path, m in zip(args.runs, metrics):
@@ -297,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 m["task_inference"] = summary
                 inferred.append(m)
     metrics_of = {method: [by_run[log.name] for log in runs] for method, runs in groups.items()}
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused report leaves no empty folder behind
     (out / "metrics.json").write_text(json.dumps(metrics if len(metrics) > 1 else metrics[0], indent=2))
     scale_note = (f"scale: {args.scale}, {SCALES[args.scale]}"
                   + (f"; after a trailing moving average over {args.smoothing} evaluations" if args.smoothing else ""))

@@ -44,3 +44,34 @@ def test_errors_are_clear(run_dir, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(run_dir), "--games", "Pongg"]) == 2
     assert "Unknown Atari game 'Pongg'" in capsys.readouterr().err
     assert evaluate_main(["--checkpoint", str(run_dir), "--episodes", "0"]) == 2
+
+
+def test_an_evaluation_carries_its_settings_and_counts_capped_episodes(run_dir, tmp_path, capsys):
+    """--max-episode-frames 200 cuts every random-play Pong episode short (a game lasts thousands of
+    frames): the JSON, the CSV and the table say so, with the frame cap, env count, seed and config hash."""
+    import csv
+
+    out = tmp_path / "capped.json"
+    assert evaluate_main(["--checkpoint", str(run_dir), "--games", "Pong", "--episodes", "2", "--epsilon", "1.0",
+                          "--num-envs", "2", "--max-episode-frames", "200", "--output", str(out)]) == 0
+    assert "2 episode(s) hit the frame cap (200 frames)" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["games"]["Pong"]["capped_episodes"] == 2 and result["capped_episodes"] == 2
+    assert (result["max_episode_frames"], result["num_envs"], result["seed"]) == (200, 2, 0)
+    [row] = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert (row["capped_episodes"], row["max_episode_frames"], row["num_envs"]) == ("2", "200", "2")
+    assert row["config_hash"] == result["config_hash"] and row["epsilon"] == "1.0"
+
+
+def test_an_unwritable_output_is_refused_before_anything_is_played(run_dir, tmp_path, capsys, monkeypatch):
+    """/proc takes no new files, even from root (a chmod would not stop root); a path through a file cannot
+    be created. Both are refused before a single episode is played."""
+    import agent.evaluation
+
+    monkeypatch.setattr(agent.evaluation, "play_episodes", lambda *a, **k: pytest.fail("played before the check"))
+    assert evaluate_main(["--checkpoint", str(run_dir), "--output", "/proc/ewc-evaluation.json"]) == 2
+    assert "--output: cannot write in /proc" in capsys.readouterr().err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert evaluate_main(["--checkpoint", str(run_dir), "--output", str(blocked / "r.json")]) == 2
+    assert "is a file" in capsys.readouterr().err

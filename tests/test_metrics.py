@@ -153,3 +153,33 @@ def test_missing_or_malformed_eval_csv(tmp_path):
     bad.write_text(HEADER + "0,0,A,A,1,0,1,\n100,0,B,A,1,0,1,\n")
     with pytest.raises(MetricsError, match="exactly one game"):
         EvalLog.read(bad).visit_table()
+
+
+def test_report_output_goes_beside_the_record_and_is_checked_before_the_work(cyclic, tmp_path, capsys):
+    before = sorted(p.name for p in cyclic.iterdir())
+    assert report_main([str(cyclic), "--no-plots"]) == 0  # the default: RUN/report, not the run's own folder
+    assert (cyclic / "report" / "metrics.json").is_file()
+    assert sorted(p.name for p in cyclic.iterdir()) == sorted(before + ["report"])
+    (cyclic / "checkpoints").mkdir()
+    refusals = {str(cyclic): "is a run directory", str(cyclic / "checkpoints"): "inside the record of the run",
+                str(cyclic / "tb" / "report"): "inside the record of the run", str(cyclic / "eval.csv"): "is a file",
+                str(cyclic / "eval.csv" / "deeper"): "is a file", "/proc/ewc-report": "cannot write in /proc"}
+    for out, message in refusals.items():
+        assert report_main([str(cyclic), "--out", out, "--no-plots"]) == 2, out
+        assert message in capsys.readouterr().err, out
+    assert not (cyclic / "tb").exists()
+
+
+def test_report_refuses_duplicate_rows_and_a_trained_game_never_evaluated(tmp_path, capsys):
+    text = eval_csv("ABCABC")
+    twice = write_run(tmp_path / "twice", text + text.splitlines(keepends=True)[5])  # step 50, game B again
+    out = tmp_path / "report"
+    assert report_main([str(twice), "--out", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "more than one row for the same step and game: step 50, B (lines 6 and 29)" in err
+    assert not out.exists()  # nothing written, not even the folder
+    lines = [line for line in text.splitlines(keepends=True) if line.split(",")[3:4] != ["C"]]  # no game-C rows
+    missing = write_run(tmp_path / "missing", "".join(lines))
+    assert report_main([str(missing), "--out", str(out), "--no-plots", "--group", "none"]) == 2
+    assert "visit 2 trained C, but eval.csv has no evaluation of C" in capsys.readouterr().err
+    assert not out.exists()
