@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from agent.checkpoint import CheckpointError
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError, load_config, resolve_device
 from agent.rundir import holds_run, owned_by_run
 
 
@@ -62,6 +62,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.config is None:
                 raise ConfigError("Give --config FILE (e.g. configs/quickstart.yaml), or --resume RUN_DIR.")
             config = load_config(args.config, args.overrides)
+            resolve_device(config.device)  # refused before the run directory exists (device=cuda without CUDA)
             run_dir = args.run_dir or Path("runs") / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             if holds_run(run_dir):
                 raise ConfigError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
@@ -101,7 +102,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from agent.checkpoint import load_checkpoint, load_latest
-    from agent.config import resolve_device, validate_config
+    from agent.config import validate_config
     from agent.evaluation import evaluate_games
     from agent.networks import using_task
     from agent.tasks import Tasks, network_from_state

@@ -112,6 +112,9 @@ def load_sweep(path: Path, cli_overrides: list[str] = (), num_cpus: float | None
             raise SweepError(f"{path}: {dotted} is both in the grid and set for every run (overrides: or the "
                              "command line); keep it in one place.")
         axes.append((key, dotted, values))
+    if not axes:
+        raise SweepError(f"{path}: the grid is empty, so the sweep would train the base config once. Add an axis, "
+                         "e.g. grid: {seed: [0, 1, 2]}, or train one config with scripts/train.py.")
 
     resources = _mapping(spec.get("resources"), f"{path}: resources")
     unknown = sorted(set(resources) - {"num_cpus", "num_gpus"})
@@ -128,7 +131,7 @@ def load_sweep(path: Path, cli_overrides: list[str] = (), num_cpus: float | None
     runs = []
     for values in itertools.product(*(axis[2] for axis in axes)):
         settings = {dotted: value for (_, dotted, _), value in zip(axes, values)}
-        name = ",".join(f"{key}={_label(value)}" for (key, _, _), value in zip(axes, values)) or "base"
+        name = ",".join(f"{key}={_label(value)}" for (key, _, _), value in zip(axes, values))
         overrides = fixed_overrides + [f"{key}={json.dumps(value)}" for key, value in settings.items()]
         try:
             config = load_config(base, overrides)

@@ -239,3 +239,37 @@ def test_resume_of_a_missing_or_empty_directory(tmp_path, capsys):
     a_file.write_bytes(b"x")
     refused(capsys, train_main(["--resume", str(a_file)]), "is a file, not a run directory")
     refused(capsys, evaluate_main(["--checkpoint", str(missing)]), f"{missing} does not exist")
+
+
+# Slips users make: an exit 2 that names the fix, and no run directory left behind.
+@pytest.mark.parametrize("override, phrases", [
+    ("schedule.games=[Breakout, Pong", ["Override 'schedule.games=[Breakout, Pong'", "is not valid YAML",
+                                         "schedule.games=[Breakout, Pong]"]),
+    ("epsilon.start=0.005", ["epsilon.start (0.005) is below epsilon.end (0.01)", "Swap them"]),
+    ("eval.every=1", ["eval.every (1) evaluates more than 100 times per visit of 1000 steps", "Raise eval.every"]),
+    ("env.num_envs=4096", ["env.num_envs", "1024"]),
+])
+def test_slips_in_overrides_are_refused_before_the_run_exists(tmp_path, capsys, override, phrases):
+    run = tmp_path / "r"
+    refused(capsys, train_main(["--config", SMOKE, "--run-dir", str(run), override]), *phrases)
+    assert not run.exists()
+    refused(capsys, train_main(["--config", SMOKE, "--print-config", override]), *phrases)
+
+
+def test_a_malformed_override_on_resume_and_in_a_sweep(run_copy, tmp_path, capsys):
+    before = files(run_copy)
+    refused(capsys, train_main(["--resume", str(run_copy), "schedule.games=[Pong"]), "is not valid YAML")
+    assert files(run_copy) == before
+    from agent.cli import sweep_main
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {SMOKE}\ngrid:\n  seed: [0]\n")
+    refused(capsys, sweep_main([str(sweep), "--out", str(tmp_path / "out"), "schedule.games=[Pong"]),
+            "is not valid YAML")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_only_machine_leaves_no_run_directory(tmp_path, capsys):
+    run = tmp_path / "r"
+    refused(capsys, train_main(["--config", SMOKE, "--run-dir", str(run), "device=cuda"]),
+            "CUDA is not available", "device=auto")
+    assert not run.exists()

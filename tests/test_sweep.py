@@ -184,6 +184,8 @@ def test_a_dead_worker_is_retried_from_its_checkpoint_and_sigterm_stops_the_swee
     ({"grid": {"seed": 3}}, "grid.seed must be a non-empty list"),
     ({"base": "missing.yaml", "grid": {"seed": [0]}}, "base config"),
     ({"grid": {"seed": [0]}, "resource": {"num_cpus": 1}}, "unknown key(s) resource"),
+    ({"grid": {}}, "the grid is empty"),
+    ({"overrides": {"seed": 1}}, "the grid is empty"),
 ])
 def test_bad_sweep_files_are_refused_with_the_fix(tmp_path, capsys, spec, message):
     path = tmp_path / "sweep.yaml"
