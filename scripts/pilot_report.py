@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The evidence pilot's report: which games does one visit at the sweep's budget teach?
 
-    python scripts/sweep.py configs/pilot_games.yaml --out runs/pilot
+    python scripts/sweep.py configs/sweep_pilot.yaml --out runs/pilot
     python scripts/pilot_report.py runs/pilot --out docs/results/pilot --episodes 16
 
 For every run of the pilot (one game, one visit) this plays the final network twice (evaluation
