@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.checkpoint import CheckpointError
 from agent.config import ConfigError, load_config, resolve_device
-from agent.rundir import holds_run, owned_by_run
+from agent.rundir import check_writable, holds_run, make_dir, owned_by_run
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -254,18 +254,6 @@ def check_output(output: Path) -> None:
     check_writable(output.parent, "--output")
 
 
-def check_writable(folder: Path, option: str) -> None:
-    """Refuse a folder this process cannot create files in (read-only, another user's), naming the option."""
-    import tempfile
-
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can "
-                          f"write to.") from None
-
-
 def check_video_dir(directory: Path, targets: list[Path]) -> None:
     """Refuse a --video DIR that is a file or lies inside a run's record; create it."""
     for target in targets:
@@ -290,15 +278,6 @@ def check_run_dir(path: Path) -> None:
     if not holds_run(path):
         raise CheckpointError(f"{path} does not hold a run (no checkpoints/ and no config.yaml in it): give the "
                               "--run-dir of an earlier ewc-train run, or start a new run with --config FILE.")
-
-
-def make_dir(path: Path, what: str = "run directory", option: str = "--run-dir") -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
-        reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror or exc
-        raise ConfigError(f"cannot create {what} {path}: {reason}; choose another {option}.") from None
 
 
 COLUMNS = ("mean", "std", "median", "min", "max", "episodes", "capped_episodes", "human_normalized")

@@ -19,10 +19,13 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from agent.config import ConfigError
 
 EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 # The names a run keeps; evaluate.py refuses to write over any of them.
@@ -213,3 +216,22 @@ def hold_run(run_dir: Path) -> _Lock:
                       "its eval.csv, TensorBoard events and checkpoints. Wait for that process to finish, or stop "
                       f"it (SIGTERM writes a checkpoint), then continue with: python scripts/train.py --resume "
                       f"{run_dir}") from None
+
+
+def make_dir(path: Path, what: str = "run directory", option: str = "--run-dir") -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+        reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror or exc
+        raise ConfigError(f"cannot create {what} {path}: {reason}; choose another {option}.") from None
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Refuse a folder this process cannot create files in (read-only, another user's), naming the option."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can "
+                          f"write to.") from None

@@ -40,7 +40,7 @@ import yaml
 
 from agent.checkpoint import CheckpointError, list_checkpoints
 from agent.config import ConfigError, TrainConfig, load_config, validate_config
-from agent.rundir import exclusive, holds_run, replace_atomically
+from agent.rundir import exclusive, holds_run, make_dir, replace_atomically
 
 # Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
 ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "games": "schedule.games"}
@@ -268,7 +268,6 @@ def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
 def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
-    from agent.cli import make_dir
     from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer, resume
 
     run_dir = Path(run_dir)

@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from agent.cli import check_writable  # noqa: E402
 from agent.config import ConfigError  # noqa: E402
 from agent.metrics import (  # noqa: E402
     MIN_RUNS_FOR_INTERVAL,
@@ -49,7 +48,7 @@ from agent.metrics import (  # noqa: E402
     max_abs_returns,
     read_run,
 )
-from agent.rundir import holds_run, owned_by_run  # noqa: E402
+from agent.rundir import check_writable, holds_run, owned_by_run  # noqa: E402
 from agent.tasks import task_inference_summary  # noqa: E402
 
 EXTRA_HINT = "pip install -e '.[report]'"
