@@ -64,3 +64,26 @@ def test_a_held_lock_names_its_holder_and_is_released_with_the_process(tmp_path)
                             "rundir.hold_run(Path(sys.argv[1]))", str(tmp_path / "run")],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_stop_signal_while_many_envs_are_built_ends_the_run_at_once(tmp_path):
+    """ale-py builds 256 envs in C++ for about 40 s holding the GIL, where no Python handler can run: the
+    signal takes its default action instead (the process ends at once, -SIGTERM, which a deferred handler
+    would turn into exit 3 after the build), and the run keeps the checkpoint written before the visit."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
+           "schedule.games=[Pong]", "env.num_envs=256", "replay.capacity_per_game=4096"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if "creating 256 Pong envs" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        output.append(proc.communicate(timeout=120)[0])
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM, "".join(output)
+    assert "a stop signal now ends the run at once" in "".join(output)
+    assert load_latest(run / "checkpoints")[1]["progress"]["global_step"] == 0
