@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,21 @@ from agent.config import ConfigError, load_config, resolve_device
 from agent.rundir import check_writable, holds_run, make_dir, owned_by_run
 
 
+def _interruptible(main):
+    """Ctrl-C before a command's own handling starts (while torch and the envs are imported, the config
+    read): a one-line message and exit 130, not a traceback from inside the imports."""
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print("\nInterrupted (Ctrl-C) while starting: no training, evaluation or sweep had begun.",
+                  file=sys.stderr)
+            return 130
+    return wrapper
+
+
+@_interruptible
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ewc-train",
@@ -76,6 +92,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return trainer.train()
 
 
+@_interruptible
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ewc-evaluate",
@@ -186,6 +203,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@_interruptible
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ewc-sweep",

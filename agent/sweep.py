@@ -485,7 +485,7 @@ def run_sweep(sweep: Sweep, out: Path, record: dict, progress_every: float = 5.0
             for ref in ready:
                 name = pending.pop(ref)
                 results[name] = _result(ref, name, out)
-                if results[name]["code"] != 0:
+                if results[name]["code"] not in (0, EXIT_INTERRUPTED):
                     status.line(f"run {name} failed: {results[name]['error']} (log: {out / 'logs' / name}.log)")
             if status.due(progress_every) <= 0:
                 status.progress(results, len(sweep.runs), progress)
@@ -557,13 +557,15 @@ class _Status:
         rate = (trained - before) / max(now - since, 1e-9)
         self.history.append((now, trained))
         done = sum(r["code"] == 0 for r in results.values())
-        failed = sum(r["code"] != 0 for r in results.values())
+        stopped = sum(r["code"] == EXIT_INTERRUPTED for r in results.values())
+        failed = sum(r["code"] not in (0, EXIT_INTERRUPTED) for r in results.values())
         running = len([name for name in started if name not in results])
-        waiting = total - done - failed - running
+        waiting = total - done - failed - stopped - running
         elapsed = int(now - self.started)
         self.line(f"[sweep {elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}] {done}/{total} done, "
-                  f"{running} running, {waiting} waiting, {failed} failed | {rate:,.0f} agent steps/s "
-                  f"| {trained:,} steps this session")
+                  f"{running} running, {waiting} waiting, {failed} failed"
+                  + (f", {stopped} stopped" if stopped else "")
+                  + f" | {rate:,.0f} agent steps/s | {trained:,} steps this session")
 
 
 def _summary(sweep: Sweep, out: Path, results: dict, stream) -> None:
@@ -572,8 +574,12 @@ def _summary(sweep: Sweep, out: Path, results: dict, stream) -> None:
         result = results.get(run.name, {"status": "not run", "steps": None, "error": None})
         steps = f"{result['steps']:,}" if result["steps"] is not None else "-"
         lines.append(f"| {run.name} | {result['status']} | {steps} | {result['error'] or ''} |")
-    failed = [name for name, result in results.items() if result["code"] != 0]
+    stopped = [name for name, result in results.items() if result["code"] == EXIT_INTERRUPTED]
+    failed = [name for name, result in results.items() if result["code"] not in (0, EXIT_INTERRUPTED)]
+    if stopped:
+        lines.append(f"{len(stopped)} run(s) stopped with a checkpoint (the sweep was interrupted); rerun the same "
+                     "command to continue them (finished runs are skipped).")
     if failed:
-        lines.append(f"{len(failed)} run(s) did not finish; their logs are in {out / 'logs'}. Rerun the same "
-                     "command to resume them (finished runs are skipped).")
+        lines.append(f"{len(failed)} run(s) failed; their logs are in {out / 'logs'}. Rerun the same command to "
+                     "resume them (finished runs are skipped).")
     print("\n".join(lines), file=stream, flush=True)

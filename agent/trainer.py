@@ -124,7 +124,7 @@ class Trainer:
         self._record: dict[str, int] | None = {}  # bytes of eval.csv and event files the checkpoint covers
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
-        self._stop_signal: int | None = None
+        self._stop_signal: str | None = None  # the name of the signal that stopped the run
         self._saved: Progress | None = copy.deepcopy(self.progress) if self.resumed else None
         self._session_start = time.monotonic()
         self._session_seconds_saved = 0.0
@@ -494,7 +494,7 @@ class Trainer:
         self._check_stop()
 
     def _request_stop(self, signum, frame) -> None:
-        self._stop_signal = signum
+        self._stop_signal = signal.Signals(signum).name
 
     def _check_stop(self) -> None:
         if self._stop_signal is not None:

@@ -6,7 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.cli import evaluate_main  # noqa: E402
+try:
+    from agent.cli import evaluate_main
+except KeyboardInterrupt:  # Ctrl-C while Python was still importing: nothing was started
+    print("Interrupted while starting: nothing was written.", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

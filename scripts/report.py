@@ -399,4 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nInterrupted: the report may be incomplete.", file=sys.stderr)
+        sys.exit(130)

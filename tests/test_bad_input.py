@@ -273,3 +273,18 @@ def test_cuda_on_a_cpu_only_machine_leaves_no_run_directory(tmp_path, capsys):
     refused(capsys, train_main(["--config", SMOKE, "--run-dir", str(run), "device=cuda"]),
             "CUDA is not available", "device=auto")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "sweep.py"])
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback(script, tmp_path):
+    """SIGINT 50 ms after start lands in the imports (torch takes seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ("import os, runpy, signal, sys, threading\n"
+            f"sys.argv = [{str(ROOT / 'scripts' / script)!r}, '--help']\n"
+            "threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "Interrupted" in done.stderr

@@ -174,8 +174,9 @@ def test_a_dead_worker_is_retried_from_its_checkpoint_and_sigterm_stops_the_swee
     assert attempts_started_at(log)[1] > 0  # the retry resumed from the checkpoint
     # The sweep cancelled the run: the trainer checkpointed where it stopped and exited 3.
     stopped = load_latest(run / "checkpoints")[1]["progress"]["global_step"]
-    assert f"Stopped by signal 2 at step {stopped:,}; checkpoint written" in log.read_text()
+    assert f"Stopped by signal SIGINT at step {stopped:,}; checkpoint written" in log.read_text()
     assert "| seed=0 | interrupted |" in output
+    assert "1 run(s) stopped with a checkpoint" in output and "run(s) failed" not in output
     assert json.loads((out / "sweep.json").read_text())["sessions"][0]["results"]["seed=0"]["code"] == 3
 
 
