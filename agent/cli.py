@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.checkpoint import CheckpointError
 from agent.config import ConfigError, load_config, resolve_device
-from agent.rundir import check_writable, holds_run, make_dir, owned_by_run
+from agent.rundir import check_new_place, check_writable, holds_run, make_dir, owned_by_run
 
 
 def _interruptible(main):
@@ -83,6 +83,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if holds_run(run_dir):
                 raise ConfigError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                                   "or choose another --run-dir.")
+            check_new_place(run_dir, "--run-dir")
             make_dir(run_dir)
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError, ValueError) as exc:
@@ -234,6 +235,10 @@ def sweep_main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--local-cpus must be positive, got {args.local_cpus}.")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file; give a directory for the sweep's runs.")
+        if holds_run(out):
+            raise ConfigError(f"--out {out} is a run directory; a sweep's runs go in a directory of their own, "
+                              f"e.g. --out {out.parent / (out.name + '-sweep')}.")
+        check_new_place(out, "--out")
         sweep = sweeps.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
         started_ray = sweeps.connect(args.address, args.local_cpus)
     except ConfigError as exc:

@@ -160,6 +160,11 @@ def read_run(run_dir: Path) -> EvalLog:
             method = config.get("consolidation", {}).get("method")
         except (yaml.YAMLError, AttributeError) as exc:
             raise MetricsError(f"{config_path} is not a run's config: {exc}") from None
+    if not run_dir.is_dir():
+        raise MetricsError(f"{run_dir} is not a directory: give run directories (the --run-dir of ewc-train runs).")
+    if not config_path.is_file() and not (run_dir / "eval.csv").is_file():
+        raise MetricsError(f"{run_dir} is not a run directory (no config.yaml, no eval.csv): give the --run-dir of "
+                           "an ewc-train run, or the run folders inside a sweep's directory (e.g. OUT/method=*).")
     log = EvalLog.read(run_dir / "eval.csv", run_dir.name, steps_per_visit)
     log.method = method
     return log

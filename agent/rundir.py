@@ -235,3 +235,15 @@ def check_writable(folder: Path, option: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can "
                           f"write to.") from None
+
+
+def check_new_place(path: Path, option: str) -> None:
+    """Refuse a new run's or sweep's directory that is a run directory already (for a sweep), lies inside a
+    run's record (its tb/, checkpoints/, milestones/: that run's TensorBoard would show the new one), or
+    is nested in another run's directory."""
+    path = path.resolve()
+    inside = next((ancestor for ancestor in path.parents if holds_run(ancestor)), None)
+    if inside is not None:
+        raise ConfigError(f"{option} {path} lies inside the run directory {inside}: the new directory would mix "
+                          f"with that run's record (TensorBoard would show both). Choose a place outside it, e.g. "
+                          f"{option} {inside.parent / (path.name + '-' + inside.name)}.")

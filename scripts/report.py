@@ -96,8 +96,8 @@ def group_of(log: EvalLog, path: Path, how: str) -> str:
     if how == "parent":
         return path.resolve().parent.name
     if log.method is None:
-        raise MetricsError(f"{path} has no config.yaml naming consolidation.method: "
-                           "group the runs with --group parent or --group none.")
+        raise MetricsError(f"{path} has no config.yaml naming consolidation.method, so its method is unknown: "
+                           "group the runs with --group parent (their folders) or --group none (all together).")
     return log.method
 
 
@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 log = log.until(args.until_step)
             logs.append(log)
         groups: dict[str, list[EvalLog]] = {}
+        alone = len(logs) == 1 and logs[0].method is None  # one run: its method only labels the table
         for path, log in zip(args.runs, logs):
-            groups.setdefault(group_of(log, path, args.group), []).append(log)
+            groups.setdefault("unknown" if alone else group_of(log, path, args.group), []).append(log)
         for log in logs:
             log.visit_table()  # malformed visits are reported here, before anything is written
     except (MetricsError, ConfigError) as exc:
@@ -391,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             scale_label = ("return / game's largest |return|\nover all runs (shared scale)" if args.scale == "shared"
                            else "return / game's largest |return|\nover this method's runs (per-method scale)")
             for m in metrics:
+                if not m["matrix"]["columns"]:
+                    print(f"note: {m['run']} has no finished visit by step {m['final_step']:,}: no matrix.",
+                          file=sys.stderr)
+                    continue
                 name = f"matrix_{m['run'].replace('/', '_')}.png"
                 plot_matrix(m, out / name, value_range, scale_label)
                 written.append(name)

@@ -288,3 +288,17 @@ def test_ctrl_c_while_starting_is_one_line_not_a_traceback(script, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "Interrupted" in done.stderr
+
+
+def test_a_new_run_or_sweep_inside_another_run_is_refused(run_copy, tmp_path, capsys):
+    before = files(run_copy)
+    for place in (run_copy / "tb" / "new", run_copy / "nested"):
+        refused(capsys, train_main(["--config", SMOKE, "--run-dir", str(place)]),
+                f"lies inside the run directory {run_copy.resolve()}")
+        assert not place.exists()
+    from agent.cli import sweep_main
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {SMOKE}\ngrid:\n  seed: [0]\n")
+    refused(capsys, sweep_main([str(sweep), "--out", str(run_copy)]), "is a run directory")
+    refused(capsys, sweep_main([str(sweep), "--out", str(run_copy / "tb" / "sweep")]), "lies inside the run directory")
+    assert files(run_copy) == before

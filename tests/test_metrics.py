@@ -183,3 +183,18 @@ def test_report_refuses_duplicate_rows_and_a_trained_game_never_evaluated(tmp_pa
     assert report_main([str(missing), "--out", str(out), "--no-plots", "--group", "none"]) == 2
     assert "visit 2 trained C, but eval.csv has no evaluation of C" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_report_on_what_is_not_a_run(tmp_path, cyclic, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report_main([str(empty), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a run directory (no config.yaml, no eval.csv)" in capsys.readouterr().err
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "eval.csv").write_text((cyclic / "eval.csv").read_text())  # a run without config.yaml
+    assert report_main([str(alone), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    assert "no config.yaml: its last visit counts as unfinished" in capsys.readouterr().err
+    assert report_main([str(cyclic), "--out", str(tmp_path / "r0"), "--until-step", "0"]) == 0
+    assert "no finished visit by step 0: no matrix" in capsys.readouterr().err
+    assert not list((tmp_path / "r0").glob("matrix_*.png"))
