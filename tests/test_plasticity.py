@@ -1,0 +1,114 @@
+"""Plasticity diagnostics against slow, obvious references: a per-unit loop, singular values chosen by
+hand, a network built with known dormant units."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agent.networks import QNetwork
+from agent.plasticity import (
+    churn,
+    diagnose,
+    dormant_fraction,
+    effective_rank,
+    hidden_activations,
+    initial_weights,
+    stable_rank,
+    unit_scores,
+)
+
+
+def scores_by_loop(activation):
+    """ReDo's score, one unit at a time: mean |h_i| over the batch and positions, over the layer's mean."""
+    a = activation.numpy()
+    means = []
+    for unit in range(a.shape[1]):
+        values = [abs(v) for sample in a for v in np.ravel(sample[unit])]
+        means.append(sum(values) / len(values))
+    layer = sum(means) / len(means)
+    return [m / layer for m in means]
+
+
+def test_unit_scores_match_a_per_unit_loop_for_conv_and_linear_layers():
+    torch.manual_seed(0)
+    for activation in (torch.relu(torch.randn(6, 5, 3, 4)), torch.relu(torch.randn(7, 9))):
+        activation[:, 1] = 0.0  # a unit that never fires
+        activation[:, 2] *= 0.05  # a weak one
+        assert unit_scores(activation).tolist() == pytest.approx(scores_by_loop(activation), rel=1e-5)
+        by_loop = scores_by_loop(activation)
+        for tau in (0.0, 0.1, 0.5):
+            expected = sum(s <= tau for s in by_loop) / len(by_loop)
+            assert dormant_fraction(activation, tau) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        dormant_fraction(torch.ones(2, 3), -0.1)
+
+
+def test_a_network_with_known_dormant_units():
+    """conv1 filters 0-3 and hidden units 0-99 are switched off (zero weights, negative bias): dormant at
+    tau = 0; everything else fires on real-looking frames."""
+    torch.manual_seed(0)
+    net = QNetwork(18)
+    conv1, fc = net.net[0], net.net[7]
+    with torch.no_grad():
+        conv1.weight[:4] = 0.0
+        conv1.bias[:4] = -1.0
+        fc.weight[:100] = 0.0
+        fc.bias[:100] = -1.0
+    states = torch.randint(0, 256, (64, 4, 84, 84), dtype=torch.uint8)
+    activations, q_values = hidden_activations(net, states)
+    assert list(activations) == ["conv1", "conv2", "conv3", "fc"] and q_values.shape == (64, 18)
+    assert activations["conv1"].shape == (64, 32, 20, 20) and activations["fc"].shape == (64, 512)
+    dead_conv = (activations["conv1"].abs().sum(dim=(0, 2, 3)) == 0).nonzero().ravel().tolist()
+    assert {0, 1, 2, 3} <= set(dead_conv)  # (a random filter may never fire on these frames either)
+    values, _ = diagnose(net, states, initial_weights(net))
+    assert values["dormant_tau0/conv1"] == pytest.approx(len(dead_conv) / 32)
+    assert values["dormant_tau0/fc"] >= 100 / 512  # (randomly initialised units may be dead too)
+    dead_fc = int((activations["fc"].abs().sum(0) == 0).sum())
+    assert values["dormant_tau0/fc"] == pytest.approx(dead_fc / 512)
+    assert values["dormant_tau0.1/fc"] >= values["dormant_tau0/fc"]
+    units = 32 + 64 + 64 + 512
+    assert values["dormant_tau0/all"] == pytest.approx(
+        sum(values[f"dormant_tau0/{n}"] * k for n, k in (("conv1", 32), ("conv2", 64), ("conv3", 64), ("fc", 512)))
+        / units)
+    assert math.isnan(values["churn/greedy_changed"])  # no earlier measurement
+
+
+def with_singular_values(singular, rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(rows, len(singular))))
+    v, _ = np.linalg.qr(rng.normal(size=(len(singular), len(singular))))
+    return torch.tensor(u @ np.diag(singular) @ v.T)
+
+
+def test_ranks_from_singular_values_chosen_by_hand():
+    singular = [5.0, 3.0, 1.0, 0.5, 0.0]
+    features = with_singular_values(singular)
+    p = np.array(singular[:4]) / sum(singular)
+    assert effective_rank(features) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    assert stable_rank(features) == pytest.approx(sum(s * s for s in singular) / 25.0, rel=1e-9)
+    assert effective_rank(with_singular_values([2.0] * 6)) == pytest.approx(6.0)  # flat spectrum: full rank
+    assert stable_rank(with_singular_values([2.0] * 6)) == pytest.approx(6.0)
+    assert effective_rank(with_singular_values([7.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_rank(torch.zeros(5, 3)) == 0.0 and stable_rank(torch.zeros(5, 3)) == 0.0
+
+
+def test_weight_distance_and_churn_by_hand():
+    torch.manual_seed(0)
+    net = QNetwork(6)
+    initial = initial_weights(net)
+    states = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    before, q_before = diagnose(net, states, initial)
+    assert before["weight_distance/conv2"] == 0.0
+    assert before["weight_norm/fc2"] == pytest.approx(float(np.linalg.norm(net.net[9].weight.detach().numpy())))
+    with torch.no_grad():
+        net.net[2].weight.add_(0.5)  # conv2 moves by 0.5 in every entry
+    after, q_after = diagnose(net, states, initial, previous_q=q_before)
+    assert after["weight_distance/conv2"] == pytest.approx(0.5 * math.sqrt(net.net[2].weight.numel()), rel=1e-5)
+    assert after["weight_distance/conv1"] == 0.0
+    changed = sum(int(q_before[i].argmax() != q_after[i].argmax()) for i in range(16)) / 16
+    dq = float(np.mean([abs(float(q_after[i, a] - q_before[i, a])) for i in range(16) for a in range(6)]))
+    assert after["churn/greedy_changed"] == pytest.approx(changed)
+    assert after["churn/mean_abs_dq"] == pytest.approx(dq, rel=1e-5)
+    assert churn(q_before, q_before) == {"greedy_changed": 0.0, "mean_abs_dq": 0.0}
