@@ -72,13 +72,23 @@ def pilot_rows(runs: list[Path], out: Path, episodes: int) -> list[dict]:
                                   episodes, frames)
                    for name, seed, epsilon in EVALUATIONS}
         a, b, rand = results["learned-a"], results["learned-b"], results["random"]
+        log = EvalLog.read(run / "eval.csv")
+        start = int(np.argmin(log.steps))  # the untrained network, as training evaluated it at step 0
+        with open(run / "eval.csv", newline="") as handle:
+            first = next(r for r in csv.DictReader(handle) if int(r["step"]) == int(log.steps[start]))
+        untrained_n = int(first["episodes"])
+        untrained, untrained_se = float(first["mean_return"]), (
+            float(first["std_return"]) / math.sqrt(untrained_n - 1) if untrained_n > 1 else math.inf)
         se_a, se_b, se_r = standard_error(a), standard_error(b), standard_error(rand)
         learned, se_learned = (a["mean"] + b["mean"]) / 2, math.sqrt(se_a**2 + se_b**2) / 2
         gain = learned - rand["mean"]
         noise = math.sqrt(se_learned**2 + se_r**2)
         sd = math.sqrt((se_a**2 + se_b**2) / 2 * (episodes - 1)) if episodes > 1 else math.inf  # per-episode sd
         rows.append({
-            "game": game, "run": run.name, "steps": int(EvalLog.read(run / "eval.csv").steps.max()),
+            "game": game, "run": run.name, "steps": int(log.steps.max()),
+            "untrained": untrained, "untrained_se": untrained_se, "untrained_episodes": untrained_n,
+            "margin_over_untrained": (learned - untrained) / math.hypot(se_learned, untrained_se)
+                if math.hypot(se_learned, untrained_se) > 0 else 0.0,
             "episodes": episodes, "random": rand["mean"], "random_se": se_r,
             "learned_a": a["mean"], "learned_a_se": se_a, "learned_b": b["mean"], "learned_b_se": se_b,
             "learned": learned, "learned_se": se_learned, "gain": gain,
@@ -97,13 +107,18 @@ def to_markdown(rows: list[dict], chosen: list[str]) -> str:
              "episodes, epsilon 1). Mean return +- its standard error. margin = (learned - random) / "
              "sqrt(se_learned^2 + se_random^2), learned pooling both evaluations; retest z compares the two "
              "evaluations of the same network (|z| < 2: they agree).", "",
-             "| game | random | learned (eval A) | learned (eval B) | retest z | gain | margin (noise units) "
-             "| episodes for se <= gain/4 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "The untrained network (step 0, as training evaluated it, epsilon 0.05) is a second baseline: a "
+             "near-deterministic policy can beat random play without learning anything; 'over untrained' is "
+             "(learned - untrained) in the same noise units.", "",
+             "| game | random | untrained (step 0) | learned (eval A) | learned (eval B) | retest z | gain over random "
+             "| margin over random (noise units) | margin over untrained | episodes for se <= gain/4 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         need = "n/a (no gain)" if r["episodes_for_quarter_gain"] is None else f"{r['episodes_for_quarter_gain']}"
         lines.append(f"| {r['game']}{' (chosen)' if r['game'] in chosen else ''} | {r['random']:.1f} +- "
-                     f"{r['random_se']:.1f} | {r['learned_a']:.1f} +- {r['learned_a_se']:.1f} | {r['learned_b']:.1f} "
-                     f"+- {r['learned_b_se']:.1f} | {r['retest_z']:+.2f} | {r['gain']:+.1f} | {r['margin']:.1f} "
+                     f"{r['random_se']:.1f} | {r['untrained']:.1f} +- {r['untrained_se']:.1f} | {r['learned_a']:.1f} "
+                     f"+- {r['learned_a_se']:.1f} | {r['learned_b']:.1f} +- {r['learned_b_se']:.1f} | "
+                     f"{r['retest_z']:+.2f} | {r['gain']:+.1f} | {r['margin']:.1f} | {r['margin_over_untrained']:.1f} "
                      f"| {need} |")
     lines += ["", f"Chosen (widest margins): {', '.join(chosen)}.", ""]
     return "\n".join(lines)

@@ -44,6 +44,9 @@ def test_games_ranked_by_margin_over_random_in_noise_units(tmp_path, monkeypatch
         learned, se_learned = (ma + mb) / 2, math.sqrt(sea**2 + seb**2) / 2
         assert rows[game]["margin"] == pytest.approx((learned - mr) / math.sqrt(se_learned**2 + ser**2))
         assert rows[game]["retest_z"] == pytest.approx((ma - mb) / math.sqrt(sea**2 + seb**2))
+        untrained_se = 1.0 / math.sqrt(3)  # the step-0 row: mean 1, std 1 over 4 episodes
+        assert rows[game]["margin_over_untrained"] == pytest.approx(
+            (learned - 1.0) / math.sqrt(se_learned**2 + untrained_se**2))
     assert [r["game"] for r in result["rows"]] == ["Alpha", "Beta", "Gamma"]
     assert result["chosen"] == ["Alpha", "Beta"]  # Gamma never clears random, so never chosen
     assert rows["Gamma"]["episodes_for_quarter_gain"] is None
