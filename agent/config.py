@@ -174,7 +174,8 @@ class DQNConfig(_Section):
     learning_starts: int = Field(10_000, ge=0)
     """Transitions in the current game's buffer before updates start."""
     target_update_every: int = Field(8_000, gt=0)
-    """Agent steps between target-network syncs."""
+    """Agent steps between target-network syncs. Syncs happen only while updates run: while a game's buffer
+    fills up to learning_starts no sync is made, and the next one comes at the first update after it."""
     double_dqn: bool = True
     huber_delta: float = Field(1.0, gt=0)
     max_grad_norm: float = Field(10.0, gt=0)

@@ -122,6 +122,10 @@ class VectorAtari:
         """Start stepping every env with `actions`; the emulators run in their own threads (ale_vector) or
         processes (gymnasium) until `recv`, so the caller can work in between."""
         actions = np.asarray(actions, dtype=np.int64)
+        if actions.shape != (self.num_envs,) or actions.min() < 0 or actions.max() >= NUM_ACTIONS:
+            # ale-py's vector env waits for ever on an action it does not have: fail here, clearly
+            raise ValueError(f"{self.game}: expected one action in 0..{NUM_ACTIONS - 1} for each of the "
+                             f"{self.num_envs} envs, got {actions.tolist()}")
         if self.backend == "ale_vector":
             self._env.send(actions)
         else:

@@ -43,13 +43,27 @@ def _batch(n=8, seed=0):
 
 
 def test_learner_targets_clip_rewards_and_use_target_network():
-    torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(18), 1e-4, 1.5e-4, 0.99, True, 1.0, 10.0, clip_rewards=True)
+    """TD targets by hand from the two networks' Q-values, with the target network's head moved away from the
+    online one first (they are equal at construction, where either network would pass): Double DQN takes the
+    online network's argmax and the target network's value there, plain DQN the target network's max."""
     batch = _batch()
-    with torch.no_grad():
-        expected = td_targets(batch.rewards.clamp(-1, 1), batch.dones, learner.online(batch.next_obs),
-                              learner.target(batch.next_obs), 0.99, True)
-    assert torch.allclose(learner.targets(batch), expected)
+    for double in (True, False):
+        torch.manual_seed(0)
+        learner = DQNLearner(QNetwork(18), 1e-4, 1.5e-4, 0.99, double, 1.0, 10.0, clip_rewards=True)
+        with torch.no_grad():
+            head = learner.target.net[-1]
+            head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
+            q_online, q_target = learner.online(batch.next_obs), learner.target(batch.next_obs)
+        assert (q_online.argmax(1) != q_target.argmax(1)).any()  # Double DQN's choice matters here
+        expected, online_only = [], []
+        for i in range(len(batch.rewards)):
+            action = int(q_online[i].argmax()) if double else int(q_target[i].argmax())
+            reward = max(-1.0, min(1.0, float(batch.rewards[i])))
+            live = 0.0 if batch.dones[i] else 0.99
+            expected.append(reward + live * float(q_target[i, action]))
+            online_only.append(reward + live * float(q_online[i].max()))
+        assert torch.allclose(learner.targets(batch), torch.tensor(expected), rtol=1e-5, atol=1e-6), double
+        assert not torch.allclose(torch.tensor(online_only), torch.tensor(expected), rtol=1e-3)  # it can fail
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

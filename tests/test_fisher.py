@@ -74,17 +74,23 @@ def test_empirical_fisher_matches_loop():
 
 
 def test_not_the_square_of_the_mean_gradient():
-    """The common bug squares a minibatch-mean gradient: that is far smaller than the true Fisher."""
+    """Per-sample squares, not the square of a minibatch gradient. One common bug squares the gradient of the
+    minibatch's mean loss (far smaller than the Fisher); another squares the gradient of its summed loss and
+    divides by N (as large on average, since the sampled score has mean zero, but wrong entry by entry). On one
+    minibatch of 32 the estimate equals the per-sample loop entry by entry, and each bug is far from it."""
     net, x = small_net(), states(32)
     fisher = estimate_fisher(net, x, "sampled", batch_size=32, generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)
     q = net(x)
-    actions = torch.multinomial(torch.softmax(q.detach(), 1), 1, generator=generator)
-    mean_loss = torch.log_softmax(q, 1).gather(1, actions).mean()
-    buggy = [g.square() for g in torch.autograd.grad(mean_loss, list(net.parameters()))]
-    total_true = sum(f.sum() for f in fisher.values())
-    total_buggy = sum(b.sum() for b in buggy)
-    assert total_buggy < 0.5 * total_true
+    actions = torch.multinomial(torch.softmax(q.detach(), 1), 1, generator=generator).squeeze(1)
+    reference = per_sample_reference(net, x, lambda q, i: [torch.log_softmax(q, 0)[actions[i]]])
+    assert_close(fisher, reference)
+    chosen = torch.log_softmax(q, 1).gather(1, actions[:, None]).sum()
+    summed = dict(zip(reference, torch.autograd.grad(chosen, list(net.parameters()))))
+    size = sum(r.abs().sum() for r in reference.values())
+    for bug, square in (("mean", lambda g: (g / len(x)).square()), ("summed", lambda g: g.square() / len(x))):
+        off = sum((square(summed[name]) - reference[name]).abs().sum() for name in reference)
+        assert off > 0.3 * size, bug  # the entry-by-entry check above tells either bug apart
 
 
 def test_unsupported_layers_and_bad_input_are_errors():
