@@ -45,7 +45,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
-    from agent.trainer import EXIT_BAD_INPUT, Trainer, resume
+    from agent.resume import resume
+    from agent.trainer import EXIT_BAD_INPUT, Trainer
 
     if args.keys:
         print(describe_keys())

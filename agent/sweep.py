@@ -189,7 +189,7 @@ def _label(value: Any) -> str:
 def write_record(out: Path, sweep: Sweep, command: list[str], address: str | None) -> dict:
     """Add this session to OUT/sweep.json. Runs new to the grid are appended; a run recorded earlier
     that is gone from the grid, or whose config changed in keys that change a run, is refused."""
-    from agent.trainer import RESUMABLE_CHANGES, differing_keys
+    from agent.resume import RESUMABLE_CHANGES, differing_keys
 
     path = out / "sweep.json"
     record = {"format": RECORD_FORMAT, "runs": [], "sessions": []}
@@ -268,7 +268,8 @@ def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
 def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
-    from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer, resume
+    from agent.resume import resume
+    from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer
 
     run_dir = Path(run_dir)
     result = {"name": name, "code": EXIT_CRASHED, "error": None, "steps": None, "host": socket.gethostname(),

@@ -16,7 +16,6 @@ exits with EXIT_INTERRUPTED.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import dataclasses
@@ -31,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from agent import rundir
 from agent.actor import Actor
-from agent.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint, step_of
-from agent.config import TrainConfig, load_config, resolve_device, validate_config
+from agent.checkpoint import CheckpointError, list_checkpoints, save_checkpoint, step_of
+from agent.config import TrainConfig, resolve_device
 from agent.console import Console
 from agent.consolidation import ONLINE, Consolidator
 from agent.dqn import DQNLearner, choose_precision, linear_epsilon, per_sample_td_loss
@@ -44,16 +42,14 @@ from agent.evaluation import evaluate_games
 from agent.graphed import GraphedUpdate, eager_update
 from agent.networks import QNetwork
 from agent.probe import RetentionProbe
+from agent.record import RunRecord, Window
 from agent.replay import FrameReplay
-from agent.tasks import CONTEXTS_COLUMNS, Tasks, context_of
+from agent.tasks import Tasks
 from envs import NUM_ACTIONS, derive_seed
 
 SLOW_ENV_BUILD = 64  # envs from which building them takes long enough (10 s) to let a stop signal end it at once
 EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_CHECKPOINT_FAILED = 0, 1, 2, 3, 4, 5
-# Keys that may differ between a checkpoint's config and the config it is resumed with.
-RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads", "env.overlap",
-                     "env.num_threads", "replay.storage", "dqn.cuda_graph",
-                     "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
+
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,10 +124,8 @@ class Trainer:
         self._saved: Progress | None = copy.deepcopy(self.progress) if self.resumed else None
         self._session_start = time.monotonic()
         self._session_seconds_saved = 0.0
-        self.last_scores: dict[str, float] = {}
-        self.writer: SummaryWriter | None = None
-        self.console: Console | None = None
-        self._window = _Window(self.progress.global_step)
+        self.record: RunRecord | None = None  # TensorBoard, the CSV files and the console, while training
+        self._window = Window(self.progress.global_step)
 
     @property
     def finished(self) -> bool:
@@ -150,7 +144,8 @@ class Trainer:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.console = Console(self._total_steps(), self.progress.global_step, bar=self.config.logging.progress_bar)
+        self.record = RunRecord(self.run_dir, Console(self._total_steps(), self.progress.global_step,
+                                                      bar=self.config.logging.progress_bar))
         try:
             self._open_record()
             steps_per_visit = self.config.schedule.steps_per_visit
@@ -172,18 +167,18 @@ class Trainer:
             try:
                 self.save(unless_saved=True)
             except CheckpointError as exc:
-                self.console.line(f"Stopped by signal {self._stop_signal}, but the checkpoint failed: {exc}\n"
+                self.record.line(f"Stopped by signal {self._stop_signal}, but the checkpoint failed: {exc}\n"
                                   f"Resume from the previous one with: python scripts/train.py --resume {self.run_dir}")
                 return EXIT_CHECKPOINT_FAILED
-            self.console.line(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step:,}; "
+            self.record.line(f"Stopped by signal {self._stop_signal} at step {self.progress.global_step:,}; "
                               f"checkpoint written. Continue with: python scripts/train.py --resume {self.run_dir}")
             return EXIT_INTERRUPTED
         except TrainingDiverged as exc:
-            self.console.line(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
+            self.record.line(f"{exc}\nThe last good checkpoint in {self.run_dir / 'checkpoints'} is kept. "
                               "Try a lower dqn.learning_rate, a lower consolidation.lambda, or dqn.max_grad_norm.")
             return EXIT_DIVERGED
         except CheckpointError as exc:
-            self.console.line(f"{exc}\nStopped at step {self.progress.global_step:,}. Resume with: "
+            self.record.line(f"{exc}\nStopped at step {self.progress.global_step:,}. Resume with: "
                               f"python scripts/train.py --resume {self.run_dir}")
             return EXIT_CHECKPOINT_FAILED
         except Exception as exc:  # a bug or a broken environment: say where the details are, keep the record
@@ -192,14 +187,12 @@ class Trainer:
                 log.write_text(traceback.format_exc())
             except OSError:
                 log = "(could not be written: printed here)\n" + traceback.format_exc()
-            self.console.line(f"error: unexpected {type(exc).__name__} at step {self.progress.global_step:,}: {exc}\n"
+            self.record.line(f"error: unexpected {type(exc).__name__} at step {self.progress.global_step:,}: {exc}\n"
                               f"The traceback is in {log}; the checkpoints in {self.run_dir / 'checkpoints'} are "
                               f"intact. Please report it; resume with: python scripts/train.py --resume {self.run_dir}")
             return EXIT_CRASHED
         finally:
-            self.console.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.record.close()
             writer_lock.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -222,10 +215,8 @@ class Trainer:
         rundir.write_schedule(self.run_dir, self._schedule_record(), step)
         if not self.resumed:
             self.save()  # from now on the run can be resumed, even if killed during its first evaluation
-        rundir.wait_for_new_event_file_time(self.run_dir)
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
-        if self._record is not None and not any(name.startswith("tb/") for name in self._record):  # first file
-            self.writer.add_text("hyperparameters", _markdown_table(self.config.to_dict()), 0)
+        first_file = self._record is not None and not any(name.startswith("tb/") for name in self._record)
+        self.record.open(self.config.to_dict(), first_file)
 
     def _run_visit(self, game: str) -> None:
         cfg, progress = self.config, self.progress
@@ -248,7 +239,7 @@ class Trainer:
         replay.close_episodes()  # new envs: no episode continues from the buffer's last one
         game_index = cfg.schedule.games.index(game)
         self._window.returns.clear()  # the bar shows this game's returns, not the previous game's
-        self.console.visit(game, progress.visit, len(self.visits))
+        self.record.visit(game, progress.visit, len(self.visits))
         try:
             # A resumed visit gets fresh episodes from its own seed (ale-py cannot restore emulator state).
             with self._stoppable_at_once(f"resetting {n} {game} envs"):
@@ -280,7 +271,7 @@ class Trainer:
                 logged = _crossed(step_now, n, cfg.logging.log_every)
                 if logged:
                     self._log_scalars(epsilon, game_index)
-                self.console.advance(n, self._window.postfix() if logged else None)
+                self.record.advance(n, self._window.postfix() if logged else None)
                 if _crossed(step_now, n, cfg.consolidation.probe_every):
                     self._log_retention(progress.task)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
@@ -336,15 +327,11 @@ class Trainer:
         progress.task, progress.task_since, progress.pending_switch = new, progress.global_step, ""
         self.learner.set_task(self.tasks.index(new))
         self._log_context(game, new, event)
-        self.console.line(f"[step {progress.global_step:,}] {game}: {old} -> {new}"
-                          + (" (new)" if event == "new" else ""))
+        self.record.context_changed(progress.global_step, game, old, new, event)
 
     def _log_context(self, game: str, key: str, event: str) -> None:
         progress = self.progress
-        rundir.append_rows(self.run_dir / "contexts.csv", CONTEXTS_COLUMNS,
-                           [[progress.global_step, progress.visit, game, key, event]])
-        self.writer.add_scalar("task/context", context_of(key), progress.global_step)
-        self.writer.add_scalar("task/contexts", self.tasks.num_contexts, progress.global_step)
+        self.record.context(progress.global_step, progress.visit, game, key, event, self.tasks.num_contexts)
 
     def _consolidate_task(self, key: str) -> None:
         """The anchor of task `key` (a game or a context), which is being left, and its probe snapshot."""
@@ -353,16 +340,14 @@ class Trainer:
         if replay is None or len(replay) == 0:
             return
         started = time.perf_counter()
-        self.console.line(f"[step {progress.global_step:,}] consolidating {key}")
+        self.record.consolidating(progress.global_step, key)
         rng_before = self._rng_state()
         try:
             stats = self._consolidate(key, replay)
         except Interrupted:
             self._load_rng_state(rng_before)  # the resumed run redoes this estimate exactly
             raise
-        for name, value in stats.items():
-            self.writer.add_scalar(f"ewc/{key}/fisher_{name}", value, progress.global_step)
-        self.writer.add_scalar("ewc/consolidation_seconds", time.perf_counter() - started, progress.global_step)
+        self.record.consolidated(progress.global_step, key, stats, time.perf_counter() - started)
         if cons.probe_states:
             states = torch.from_numpy(replay.sample_states(cons.probe_states, self.rng))
             self.probe.snapshot(key, self.network, states)
@@ -412,33 +397,21 @@ class Trainer:
         return linear_epsilon(timer, eps.start, eps.end, eps.decay_steps)
 
     def _log_episodes(self, game: str, episodic_returns: np.ndarray, lengths: np.ndarray) -> None:
-        """Episodes that ended at this step: one point per step (their mean; usually there is one), since
-        TensorBoard keeps one value per tag and step."""
-        step = self.progress.global_step
-        self.writer.add_scalar(f"charts/{game}/episodic_return", float(episodic_returns.mean()), step)
-        self.writer.add_scalar(f"charts/{game}/episodic_length", float(lengths.mean()), step)
+        self.record.episodes(self.progress.global_step, game, episodic_returns, lengths)
         self._window.returns.extend(episodic_returns.tolist())
 
     def _log_scalars(self, epsilon: float, game_index: int) -> None:
-        step, writer = self.progress.global_step, self.writer
+        step = self.progress.global_step
         stats = self._window.flush(step)
-        if stats.get("td_loss") is not None:
-            if not (math.isfinite(stats["td_loss"]) and math.isfinite(stats["q_values"])):
-                raise TrainingDiverged(f"Non-finite loss or Q-values at step {step} "
-                                       f"(td_loss={stats['td_loss']}, q={stats['q_values']}).")
-            writer.add_scalar("losses/td_loss", stats["td_loss"], step)
-            writer.add_scalar("losses/q_values", stats["q_values"], step)
-            writer.add_scalar("losses/ewc_penalty", stats["penalty"], step)
-        writer.add_scalar("charts/sps", stats["sps"], step)
-        writer.add_scalar("charts/epsilon", epsilon, step)
-        writer.add_scalar("charts/game_index", game_index, step)
-        writer.add_scalar("charts/updates", self.progress.updates, step)
-        writer.add_scalar("ewc/num_anchors", len(self.consolidator.active_anchors(self.progress.task)), step)
+        if stats.get("td_loss") is not None and not (math.isfinite(stats["td_loss"])
+                                                      and math.isfinite(stats["q_values"])):
+            raise TrainingDiverged(f"Non-finite loss or Q-values at step {step} "
+                                   f"(td_loss={stats['td_loss']}, q={stats['q_values']}).")
+        self.record.training(step, stats, epsilon, game_index, self.progress.updates,
+                             len(self.consolidator.active_anchors(self.progress.task)))
 
     def _log_retention(self, game: str) -> None:
-        for other, result in self.probe.measure(self.network, current_game=game).items():
-            for name, value in result.items():
-                self.writer.add_scalar(f"retention/{other}/{name}", value, self.progress.global_step)
+        self.record.retention(self.progress.global_step, self.probe.measure(self.network, current_game=game))
 
     def _evaluate_if_due(self) -> None:
         """Play every game of the schedule with its own envs and RNG; log and append to eval.csv.
@@ -452,26 +425,15 @@ class Trainer:
             return
         games = self.config.schedule.games
         trained = self.visits[progress.visit] if not self.finished else ""
-        on_episode = self.console.evaluating(progress.global_step, games, cfg.episodes)
+        on_episode = self.record.evaluating(progress.global_step, games, cfg.episodes)
         # The seed depends on the step only through SeedSequence: valid at any step, for any config seed.
         results = evaluate_games(self.network, games, cfg.episodes, cfg.epsilon,
                                  seed=derive_seed(self.config.seed, progress.global_step, 7919),
                                  settings=self.config.env.atari_settings(cfg.max_episode_frames),
                                  num_envs=cfg.num_envs, on_episode=on_episode, poll=self._check_stop,
                                  task_of=self.tasks.task_of)
-        rows = []
-        for game, row in results["games"].items():
-            self.writer.add_scalar(f"eval/{game}/return", row["mean"], progress.global_step)
-            if "task" in row:
-                self.writer.add_scalar(f"eval/{game}/task", row["task"], progress.global_step)
-            rows.append([progress.global_step, progress.visit, trained, game, row["mean"], row["std"],
-                         row["episodes"], "" if row["human_normalized"] is None else row["human_normalized"]])
-        if results["mean_human_normalized"] is not None:
-            self.writer.add_scalar("eval/mean_human_normalized", results["mean_human_normalized"], progress.global_step)
-        rundir.append_eval_rows(self.run_dir, rows)
+        self.record.evaluation(progress.global_step, progress.visit, trained, results)
         progress.eval_due = False
-        self.last_scores = {game: row["mean"] for game, row in results["games"].items()}
-        self.console.evaluated(self.last_scores)
 
     @contextlib.contextmanager
     def _stoppable_at_once(self, what: str):
@@ -482,7 +444,7 @@ class Trainer:
         if self.config.env.num_envs < SLOW_ENV_BUILD:
             yield
             return
-        self.console.line(f"[step {self.progress.global_step:,}] {what} (about "
+        self.record.line(f"[step {self.progress.global_step:,}] {what} (about "
                           f"{0.16 * self.config.env.num_envs:.0f} s on 2 cores; a stop signal now ends the run at "
                           "once, and --resume continues from its last checkpoint)")
         previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -501,24 +463,10 @@ class Trainer:
             raise Interrupted
 
     def _print_summary(self) -> None:
-        self.console.close()  # the summary goes below the finished bar
         progress = self.progress
-        lines = [f"Finished {progress.global_step:,} agent steps ({len(self.visits)} visits, {progress.updates:,} "
-                 f"updates) in {_hours(progress.seconds)} of training"
-                 + (f", {_hours(self._session_seconds())} in this session." if self.resumed else ".")]
-        lines.append("Order: " + _order_text(self.visits, len(self.config.schedule.games)))
-        if self.last_scores:
-            lines.append("Final evaluation (mean return): " + ", ".join(f"{game} {score:.1f}"
-                                                                      for game, score in self.last_scores.items()))
-        lines += [f"Run directory: {self.run_dir}",
-                  f"  eval.csv     every evaluation; report: python scripts/report.py {self.run_dir}",
-                  "  schedule.json the game of every visit"
-                  + ("\n  contexts.csv  every true switch and inferred change of context"
-                     if self.tasks.inferred else ""),
-                  f"  tb/          TensorBoard: tensorboard --logdir {self.run_dir}",
-                  "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",
-                  f"  evaluate:    python scripts/evaluate.py --checkpoint {self.run_dir} --episodes 10"]
-        self.console.line("\n".join(lines))
+        self.record.summary(progress.global_step, self.visits, len(self.config.schedule.games), progress.updates,
+                            progress.seconds, self._session_seconds() if self.resumed else None,
+                            self.tasks.inferred)
 
     def _schedule_record(self) -> dict:
         """schedule.json: which game each visit trains (eval.csv's `visit` column indexes `visits`)."""
@@ -579,8 +527,8 @@ class Trainer:
         """Checkpoint the current state; everything logged so far is flushed first (it belongs to it)."""
         if unless_saved and self._saved == self.progress:
             return None
-        if self.writer is not None:
-            self.writer.flush()
+        if self.record is not None:
+            self.record.flush()
         self.progress.seconds += self._session_seconds() - self._session_seconds_saved
         self._session_seconds_saved = self._session_seconds()
         state = self.state_dict()
@@ -605,49 +553,6 @@ class Trainer:
                                replace=True)
 
 
-class _Window:
-    """Running sums between two logs; device tensors are read once per log, not per update."""
-
-    def __init__(self, step: int):
-        self.returns: collections.deque[float] = collections.deque(maxlen=20)
-        self.sps = 0.0
-        self._start(time.perf_counter(), step)
-
-    def _start(self, now: float, step: int) -> None:
-        self.sums: list[torch.Tensor] | None = None
-        self.count = 0
-        self.time, self.step = now, step
-
-    def add_update(self, td_loss: torch.Tensor, q_mean: torch.Tensor, penalty: torch.Tensor) -> None:
-        values = [td_loss, q_mean, penalty]  # a CUDA graph's outputs: overwritten by the next update
-        self.sums = [v.clone() for v in values] if self.sums is None else [a + b for a, b in zip(self.sums, values)]
-        self.count += 1
-
-    def flush(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        self.sps = (step - self.step) / max(now - self.time, 1e-9)
-        stats = {"sps": self.sps}
-        if self.sums is not None:
-            td_loss, q_values, penalty = (float(s) / self.count for s in self.sums)
-            stats.update(td_loss=td_loss, q_values=q_values, penalty=penalty)
-        self._start(now, step)
-        return stats
-
-    def postfix(self) -> dict[str, str]:
-        recent = f"{np.mean(self.returns):.1f}" if self.returns else "-"
-        return {"sps": f"{self.sps:.0f}", "return": recent}
-
-
-def _order_text(visits: list[str], per_cycle: int) -> str:
-    """The visits cycle by cycle: 'Pong, Breakout | Breakout, Pong'."""
-    return " | ".join(", ".join(visits[start:start + per_cycle]) for start in range(0, len(visits), per_cycle))
-
-
-def _hours(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
-
-
 def _crossed(step: int, advanced: int, every: int) -> bool:
     """True when `step` passed a multiple of `every` within the last `advanced` steps."""
     return step // every != (step - advanced) // every
@@ -663,68 +568,3 @@ def _numpy_state_from(saved: dict) -> dict:
     return {"bit_generator": saved["bit_generator"],
             "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
             "has_uint32": saved["has_uint32"], "uinteger": saved["uinteger"]}
-
-
-def _markdown_table(config: dict, prefix: str = "") -> str:
-    rows = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            rows.append(_markdown_table(value, f"{prefix}{key}."))
-        else:
-            rows.append(f"|{prefix}{key}|{value}|")
-    table = "\n".join(rows)
-    return table if prefix else "|param|value|\n|-|-|\n" + table
-
-
-def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += differing_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
-    """A Trainer continuing the run in `run_dir`; `config`, when given, must agree on the unsafe keys."""
-    run_dir = Path(run_dir)
-    if _never_checkpointed(run_dir):
-        # Killed before its first checkpoint (written before any step is taken): nothing was
-        # trained or evaluated, so the run starts over from its config.
-        print(f"{run_dir} was stopped before its first checkpoint; starting it over.", file=sys.stderr)
-        return Trainer(config or load_config(run_dir / "config.yaml"), run_dir)
-    path, state = load_latest(run_dir / "checkpoints")
-    saved = validate_config(state["config"], f"config stored in {path}", stored=True)
-    if config is None:
-        config = saved
-    elif config.dqn.precision == "auto":  # a run keeps the precision it started with, on any machine
-        config = config.model_copy(deep=True)
-        config.dqn.precision = saved.dqn.precision
-    unsafe = [key for key in differing_keys(saved.to_dict(), config.to_dict())
-              if not key.startswith(RESUMABLE_CHANGES)]
-    if unsafe:
-        details = "\n".join(f"  {key}: checkpoint {_lookup(saved.to_dict(), key)!r}, now "
-                            f"{_lookup(config.to_dict(), key)!r}" for key in unsafe)
-        raise ValueError(f"Cannot resume {run_dir}: the config differs from the checkpoint's in keys that "
-                         f"change the run:\n{details}\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume.")
-    recorded = (rundir.read_schedule(run_dir) or {}).get("visits", [])
-    visits = config.schedule.visits(config.seed)
-    shared = min(len(recorded), len(visits))
-    if recorded[:shared] != visits[:shared]:
-        raise ValueError(f"Cannot resume {run_dir}: its schedule.json records the visits {recorded}, but this "
-                         f"version of the code orders them {visits}. Resume it with the version that started it.")
-    return Trainer(config, run_dir, checkpoint=state)
-
-
-def _never_checkpointed(run_dir: Path) -> bool:
-    """A run directory with its config but no complete checkpoint (the first is written before any step)."""
-    return (run_dir / "config.yaml").is_file() and not list_checkpoints(run_dir / "checkpoints") \
-        and not (run_dir / "eval.csv").exists()
-
-
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree

@@ -14,7 +14,6 @@ import pytest
 import torch
 from scripts_helper import report_main
 from test_train import SMOKE, TINY, scalars
-from torch.utils.tensorboard import SummaryWriter
 
 import agent.trainer as trainer_module
 from agent import rundir
@@ -24,7 +23,9 @@ from agent.config import load_config
 from agent.console import Console
 from agent.evaluation import play_episodes
 from agent.networks import QNetwork
+from agent.record import RunRecord
 from agent.replay import FrameReplay
+from agent.resume import resume
 from envs import derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +59,11 @@ def test_an_evaluation_far_into_a_run_works(tmp_path):
     trainer = trainer_module.Trainer(config, tmp_path / "run")
     trainer.progress.global_step = 30_000_000
     trainer.progress.eval_due = True
-    trainer.console = Console(1, 0, bar=False, stream=io.StringIO())
-    trainer.writer = SummaryWriter(str(tmp_path / "run" / "tb"))
+    (tmp_path / "run").mkdir()
+    trainer.record = RunRecord(tmp_path / "run", Console(1, 0, bar=False, stream=io.StringIO()))
+    trainer.record.open({}, first_file=False)
     trainer._evaluate_if_due()
-    trainer.writer.close()
+    trainer.record.close()
     rows = list(csv.DictReader(open(tmp_path / "run" / "eval.csv")))
     assert [(r["step"], r["game"]) for r in rows] == [("30000000", "Breakout"), ("30000000", "Pong")]
 
@@ -74,7 +76,7 @@ def test_resume_puts_every_restored_tensor_on_the_training_device(tmp_path, monk
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
                        "schedule.steps_per_visit=80", "dqn.learning_starts=8"]) == 0
     monkeypatch.setattr(trainer_module, "resolve_device", lambda name: torch.device("meta"))
-    trainer = trainer_module.resume(run)
+    trainer = resume(run)
     anchors = trainer.consolidator.anchors
     assert list(anchors) == ["Breakout", "Pong"]
     assert all(t.device.type == "meta" for a in anchors.values() for part in a.values() for t in part.values())

@@ -14,8 +14,8 @@ from agent import tasks as tasks_module
 from agent import trainer as trainer_module
 from agent.checkpoint import load_latest
 from agent.cli import evaluate_main, train_main
+from agent.resume import resume
 from agent.tasks import task_inference_summary
-from agent.trainer import resume
 
 
 def rows(*items):
