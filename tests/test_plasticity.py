@@ -112,3 +112,78 @@ def test_weight_distance_and_churn_by_hand():
     assert after["churn/greedy_changed"] == pytest.approx(changed)
     assert after["churn/mean_abs_dq"] == pytest.approx(dq, rel=1e-5)
     assert churn(q_before, q_before) == {"greedy_changed": 0.0, "mean_abs_dq": 0.0}
+
+
+def recycled_inputs(name, dormant):
+    """The input indices of layer `name` fed by units recycled in the layer before it."""
+    previous = {"conv2": ("conv1", None), "conv3": ("conv2", None), "fc": ("conv3", 49)}.get(name)
+    if previous is None:
+        return set()
+    units, block = dormant[previous[0]], previous[1]
+    return {u * block + j for u in units for j in range(block)} if block else set(units)
+
+
+def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
+    """Units switched off by hand (conv2 channels 3 and 7, hidden units 10-19) after a few Adam steps: their
+    incoming weights are re-drawn and biases zeroed, their outgoing weights (for conv3's channels: the
+    flattened block of 49 positions) and Adam's moments there are zero; every other entry is as it was, and
+    the Q-values do not move (the recycled units feed nothing yet)."""
+    from agent.plasticity import recycle_dormant
+
+    torch.manual_seed(0)
+    net = QNetwork(6)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    states = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(states).square().mean().backward()
+        optimizer.step()
+    conv2, fc1 = net.net[2], net.net[7]
+    with torch.no_grad():
+        conv2.weight[[3, 7]] = 0.0
+        conv2.bias[[3, 7]] = -1.0
+        fc1.weight[10:20] = 0.0
+        fc1.bias[10:20] = -1.0
+    activations, q_before = hidden_activations(net, states)
+    dormant = {name: [u for u, score in enumerate(scores_by_loop(a)) if score <= 0.0]
+               for name, a in activations.items()}
+    assert {3, 7} <= set(dormant["conv2"]) and set(range(10, 20)) <= set(dormant["fc"])
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    moments = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in net.named_parameters()}
+    recycled = recycle_dormant(net, optimizer, states, tau=0.0, generator=torch.Generator().manual_seed(1))
+    assert recycled == {name: len(units) for name, units in dormant.items()}
+    with torch.no_grad():
+        assert torch.equal(net(states), q_before)
+    layers = {"conv1": ("net.0", "net.2", None, "conv2"), "conv2": ("net.2", "net.4", None, "conv3"),
+              "conv3": ("net.4", "net.7", 49, "fc"), "fc": ("net.7", "net.9", None, None)}
+    params = dict(net.named_parameters())
+    for name, (incoming, outgoing, block, following) in layers.items():
+        units = dormant[name]
+        columns = {u * block + j for u in units for j in range(block)} if block else set(units)
+        w_in, b_in, w_out = f"{incoming}.weight", f"{incoming}.bias", f"{outgoing}.weight"
+        fed = recycled_inputs(name, dormant)
+        kept = [c for c in range(params[w_in].shape[1]) if c not in fed]
+        for unit in range(params[w_in].shape[0]):
+            if unit in units:
+                assert not torch.equal(params[w_in][unit], before[w_in][unit]) and params[b_in][unit] == 0.0
+                fan_in = params[w_in][unit].numel()
+                assert params[w_in][unit].abs().max() <= 1 / math.sqrt(fan_in) + 1e-6  # PyTorch's default bound
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert optimizer.state[params[w_in]][key][unit].abs().sum() == 0
+                    assert optimizer.state[params[b_in]][key][unit] == 0
+            else:  # (its inputs from units recycled in the previous layer are zeroed: checked there)
+                assert torch.equal(params[w_in][unit][kept], before[w_in][unit][kept])
+                assert params[b_in][unit] == before[b_in][unit]
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert torch.equal(optimizer.state[params[w_in]][key][unit][kept], moments[w_in][key][unit][kept])
+                    assert optimizer.state[params[b_in]][key][unit] == moments[b_in][key][unit]
+        redrawn = set(dormant[following]) if following else set()  # rows of the next layer drawn afresh
+        rows = [r for r in range(params[w_out].shape[0]) if r not in redrawn]
+        zeroed = sorted(columns)
+        others = [c for c in range(params[w_out].shape[1]) if c not in columns]
+        assert params[w_out][:, zeroed].abs().sum() == 0
+        assert all(optimizer.state[params[w_out]][k][:, zeroed].abs().sum() == 0 for k in ("exp_avg", "exp_avg_sq"))
+        assert torch.equal(params[w_out][rows][:, others], before[w_out][rows][:, others])
+    assert torch.equal(params["net.9.bias"], before["net.9.bias"])  # the head's own units are never recycled
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        recycle_dormant(net, optimizer, states, tau=-1.0)
