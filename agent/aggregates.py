@@ -145,7 +145,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int, seed: in
             "ci": [float(np.ravel(intervals["pair"][0])[0]), float(np.ravel(intervals["pair"][1])[0])]}
 
 
-def compare_pairs(groups: Mapping[str, list[dict]], reps: int, seed: int) -> list[dict]:
+def compare_pairs(groups: Mapping[str, list[dict]], reps: int, seed: int, forgetting_test: bool = True) -> list[dict]:
     """For each pair of methods with at least MIN_RUNS_FOR_INTERVAL runs each: the probability that
     the first's final human-normalised score beats the second's (rliable), and the permutation test
     of the difference in mean forgetting (each run's mean over its pairs). Pairs with fewer runs are
@@ -168,7 +168,10 @@ def compare_pairs(groups: Mapping[str, list[dict]], reps: int, seed: int) -> lis
                 games=games, quantity="final human-normalised score")
         forgetting_x = [m["mean_forgetting"] for m in runs_x if m["mean_forgetting"] is not None]
         forgetting_y = [m["mean_forgetting"] for m in runs_y if m["mean_forgetting"] is not None]
-        if min(len(forgetting_x), len(forgetting_y)) >= MIN_RUNS_FOR_INTERVAL:
+        if not forgetting_test:
+            entry["forgetting_permutation_test_skipped"] = ("per-method scale: each method's forgetting is a fraction "
+                                                            "of its own best return, so the two are not comparable")
+        elif min(len(forgetting_x), len(forgetting_y)) >= MIN_RUNS_FOR_INTERVAL:
             entry["forgetting_permutation_test"] = permutation_test(forgetting_x, forgetting_y, seed=seed)
         comparisons.append(entry)
     return comparisons
@@ -191,7 +194,7 @@ def final_score_matrix(runs: list[dict]) -> tuple[list[str], np.ndarray]:
     return games, np.array([[s[g] for g in games] for s in scores]).reshape(len(runs), len(games))
 
 
-def aggregate(groups: Mapping[str, list[dict]], reps: int, seed: int) -> dict:
+def aggregate(groups: Mapping[str, list[dict]], reps: int, seed: int, forgetting_test: bool = True) -> dict:
     """aggregates.json: every quantity per game and overall, per method."""
     games = list(dict.fromkeys(g for runs in groups.values() for m in runs for g in m["games"]))
     result: dict = {
@@ -217,7 +220,7 @@ def aggregate(groups: Mapping[str, list[dict]], reps: int, seed: int) -> dict:
             if matrix.size:
                 overall[method] = interval_estimate(matrix, reps, seed + index)
         result[quantity] = {"per_game": per_game, "overall": overall}
-    result["comparisons"] = compare_pairs(groups, reps, seed + len(QUANTITIES))
+    result["comparisons"] = compare_pairs(groups, reps, seed + len(QUANTITIES), forgetting_test)
     return result
 
 
@@ -294,7 +297,8 @@ def to_markdown(aggregates: dict, notes: list[str] | None = None) -> str:
             test = c.get("forgetting_permutation_test")
             poi_cell = "n/a" if poi is None else f"{poi['value']:.3f} [{poi['ci'][0]:.3f}, {poi['ci'][1]:.3f}]"
             diff_cell = "n/a" if test is None else f"{test['difference']:+.3f}"
-            p_cell = "n/a" if test is None else f"{test['p_value']:.4f} ({test['kind']})"
+            p_cell = ("not on one scale" if "forgetting_permutation_test_skipped" in c else "n/a") if test is None \
+                else f"{test['p_value']:.4f} ({test['kind']})"
             lines.append(f"| {c['x']} | {c['y']} | {counts} | {poi_cell} | {diff_cell} | {p_cell} |")
         lines.append("")
     return "\n".join(lines)

@@ -21,8 +21,7 @@ def _interruptible(main):
         try:
             return main(argv)
         except KeyboardInterrupt:
-            print("\nInterrupted (Ctrl-C) while starting: no training, evaluation or sweep had begun.",
-                  file=sys.stderr)
+            print("\nInterrupted (Ctrl-C).", file=sys.stderr)
             return 130
     return wrapper
 
@@ -70,6 +69,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.run_dir is not None and args.run_dir != args.resume:
                 raise ConfigError("--resume RUN_DIR already names the run directory; drop --run-dir.")
             check_run_dir(args.resume)
+            check_writable(args.resume, "--resume")
             config = None
             if args.config is not None or args.overrides:
                 stored = args.resume / "config.yaml"
@@ -86,6 +86,7 @@ def train_main(argv: list[str] | None = None) -> int:
                                   "or choose another --run-dir.")
             check_new_place(run_dir, "--run-dir")
             make_dir(run_dir)
+            check_writable(run_dir, "--run-dir")
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -241,6 +242,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
                               f"e.g. --out {out.parent / (out.name + '-sweep')}.")
         check_new_place(out, "--out")
         sweep = sweeps.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
+        make_dir(out, "sweep directory", "--out")  # before Ray starts: a place it cannot write is refused at once
+        check_writable(out, "--out")
         started_ray = sweeps.connect(args.address, args.local_cpus)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -289,6 +292,7 @@ def check_video_dir(directory: Path, targets: list[Path]) -> None:
                               "(training writes eval.csv, config.yaml, tb/, checkpoints/, milestones/). "
                               f"Write the videos elsewhere, e.g. --video {run / 'videos'}.")
     make_dir(directory, "video directory", "--video DIR")
+    check_writable(directory, "--video")
 
 
 def check_run_dir(path: Path) -> None:

@@ -183,7 +183,8 @@ class DQNConfig(_Section):
     """Clip rewards to [-1, 1] in the learner (logged returns stay raw)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16: autocast the update's and the actor's forward passes to bfloat16 (about 2x faster on CPUs with
-    AVX512-BF16/AMX; 0.79x on CPUs without them, which emulate it; no faster on an H200 at batch 32). The Q head,
+    AVX512-BF16/AMX; on CPUs without them, which emulate it, 0.79x (AVX512F) to 0.09x (AVX2 only); no faster on
+    an H200 at batch 32). The Q head,
     every argmax, the Fisher, the penalty and the optimiser stay float32. auto: bf16 on a CPU with native
     bfloat16, fp32 elsewhere; the run's config.yaml records the one chosen."""
     cuda_graph: bool = True

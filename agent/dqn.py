@@ -48,7 +48,8 @@ def cpu_flags() -> set[str]:
 def choose_precision(requested: str, device_type: str, flags: set[str] | None = None) -> tuple[str, str]:
     """The precision a run uses, and why. `auto` takes bf16 only where it is measured faster: on a CPU with
     native bfloat16 (AVX512-BF16 or AMX: about 2x fp32 for the update); elsewhere fp32 (a CPU without them
-    emulates bfloat16, 0.79x fp32 measured; on an H200 at batch 32, bf16 is no faster)."""
+    emulates bfloat16: 0.79x fp32 measured with AVX512F, 0.09x with AVX2 only; on an H200 at batch 32, bf16 is no
+    faster)."""
     if requested in ("fp32", "bf16"):
         return requested, "set in the config"
     if requested != "auto":

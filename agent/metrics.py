@@ -93,11 +93,13 @@ class EvalLog:
                 twice.append(f"step {step}, {game} (lines {seen[(step, game)]} and {line})")
             seen.setdefault((step, game), line)
         if twice:
-            raise MetricsError(f"{path} has more than one row for the same step and game: {'; '.join(twice[:5])}"
-                               f"{f' and {len(twice) - 5} more' if len(twice) > 5 else ''}. Two processes may have "
-                               "trained this run at once (a run written before training took a lock on its "
-                               "directory), so its record is not one run's: compare the rows, keep one of each, "
-                               "or rerun it.")
+            shown = "; ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+            raise MetricsError(f"{path} has more than one row for the same step and game: {shown}. Either two "
+                               "processes trained this run at once (before training took a lock on its directory), "
+                               "or it was resumed from a checkpoint older than the record of file sizes (the resume "
+                               "warned that points "
+                               "may appear twice). Keep one row of each (the later one is the resumed run's) and "
+                               "report again.")
         log.game_order = list(dict.fromkeys(log.games))
         try:
             if all(r.get("episodes") not in (None, "") for r in rows):

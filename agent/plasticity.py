@@ -17,7 +17,10 @@ of sample), with no gradient and no change to the network:
   changed, and the mean |dQ| over states and actions.
 
 The activations read are the outputs of the network's ReLUs, in order: `conv1`, `conv2`, `conv3`
-(the convolutions) and `fc` (the hidden layer, the penultimate features).
+(the convolutions) and `fc` (the hidden layer, the penultimate features). `recycle_dormant` is
+ReDo's intervention on the weights; per-task gains and biases (network.task_params) are left as
+they are. The trainer does not call this module yet: the diagnostics' schedule, their TensorBoard
+tags and CSV, and `plasticity.method` are still to be wired (the plasticity issue).
 """
 
 from __future__ import annotations

@@ -237,12 +237,18 @@ def check_writable(folder: Path, option: str) -> None:
                           f"write to.") from None
 
 
+def is_run_dir(directory: Path) -> bool:
+    """Whether training made `directory` (stricter than holds_run: a config.yaml of its own and the visit order
+    training writes beside it, or a checkpoint), so an unrelated config.yaml or checkpoints/ does not count."""
+    return (directory / "config.yaml").is_file() and (
+        (directory / "schedule.json").is_file() or any((directory / "checkpoints").glob("step-*.pt")))
+
+
 def check_new_place(path: Path, option: str) -> None:
-    """Refuse a new run's or sweep's directory that is a run directory already (for a sweep), lies inside a
-    run's record (its tb/, checkpoints/, milestones/: that run's TensorBoard would show the new one), or
-    is nested in another run's directory."""
+    """Refuse a new run's or sweep's directory that lies inside another run's directory (its tb/, checkpoints/,
+    milestones/ or anywhere below it: that run's TensorBoard would show the new one)."""
     path = path.resolve()
-    inside = next((ancestor for ancestor in path.parents if holds_run(ancestor)), None)
+    inside = next((ancestor for ancestor in path.parents if is_run_dir(ancestor)), None)
     if inside is not None:
         raise ConfigError(f"{option} {path} lies inside the run directory {inside}: the new directory would mix "
                           f"with that run's record (TensorBoard would show both). Choose a place outside it, e.g. "

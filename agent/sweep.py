@@ -40,7 +40,7 @@ import yaml
 
 from agent.checkpoint import CheckpointError, list_checkpoints
 from agent.config import ConfigError, TrainConfig, load_config, validate_config
-from agent.rundir import exclusive, holds_run, make_dir, replace_atomically
+from agent.rundir import check_writable, exclusive, holds_run, make_dir, replace_atomically
 
 # Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
 ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "games": "schedule.games"}
@@ -430,7 +430,8 @@ def _check_address(address: str) -> None:
 
 def lock(out: Path):
     """One sweep at a time in OUT: two would train the same run directories at once."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "sweep directory", "--out")
+    check_writable(out, "--out")
     try:
         return exclusive(out / ".lock", f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}")
     except TimeoutError as exc:

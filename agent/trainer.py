@@ -143,6 +143,10 @@ class Trainer:
         except rundir.RunBusy as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except OSError as exc:
+            print(f"error: cannot write in the run directory {self.run_dir} ({exc.strerror or exc}); choose another "
+                  "--run-dir, or make it writable.", file=sys.stderr)
+            return EXIT_BAD_INPUT
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.record = RunRecord(self.run_dir, Console(self._total_steps(), self.progress.global_step,
                                                       bar=self.config.logging.progress_bar))
@@ -444,11 +448,12 @@ class Trainer:
         if self.config.env.num_envs < SLOW_ENV_BUILD:
             yield
             return
-        self.record.line(f"[step {self.progress.global_step:,}] {what} (about "
-                          f"{0.16 * self.config.env.num_envs:.0f} s on 2 cores; a stop signal now ends the run at "
-                          "once, and --resume continues from its last checkpoint)")
         previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            self._check_stop()  # a signal that came before the window opened
+            self.record.line(f"[step {self.progress.global_step:,}] {what} (about "
+                             f"{0.16 * self.config.env.num_envs:.0f} s on 2 cores; a stop signal now ends the run "
+                             "at once, and --resume continues from its last checkpoint)")
             yield
         finally:
             for sig, handler in previous.items():

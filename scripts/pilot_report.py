@@ -41,10 +41,9 @@ from agent.metrics import EvalLog, MetricsError  # noqa: E402
 EVALUATIONS = (("learned-a", 1, None), ("learned-b", 2, None), ("random", 3, 1.0))  # name, seed, epsilon
 
 
-def standard_error(summary: dict) -> float:
-    """The standard error of an evaluation's mean return (its std is numpy's population std)."""
-    n = summary["episodes"]
-    return summary["std"] / math.sqrt(n - 1) if n > 1 else math.inf
+def standard_error(std: float, episodes: int) -> float:
+    """The standard error of an evaluation's mean return from its std (numpy's population std)."""
+    return std / math.sqrt(episodes - 1) if episodes > 1 else math.inf
 
 
 def evaluate(run: Path, game: str, out: Path, name: str, seed: int, epsilon: float, episodes: int,
@@ -77,9 +76,8 @@ def pilot_rows(runs: list[Path], out: Path, episodes: int) -> list[dict]:
         with open(run / "eval.csv", newline="") as handle:
             first = next(r for r in csv.DictReader(handle) if int(r["step"]) == int(log.steps[start]))
         untrained_n = int(first["episodes"])
-        untrained, untrained_se = float(first["mean_return"]), (
-            float(first["std_return"]) / math.sqrt(untrained_n - 1) if untrained_n > 1 else math.inf)
-        se_a, se_b, se_r = standard_error(a), standard_error(b), standard_error(rand)
+        untrained, untrained_se = float(first["mean_return"]), standard_error(float(first["std_return"]), untrained_n)
+        se_a, se_b, se_r = (standard_error(r["std"], r["episodes"]) for r in (a, b, rand))
         learned, se_learned = (a["mean"] + b["mean"]) / 2, math.sqrt(se_a**2 + se_b**2) / 2
         gain = learned - rand["mean"]
         noise = math.sqrt(se_learned**2 + se_r**2)
@@ -140,7 +138,7 @@ def plot(runs: list[Path], rows: list[dict], path: Path) -> None:
         steps = np.array([int(r["step"]) for r in table])
         means = np.array([float(r["mean_return"]) for r in table])
         n = np.array([int(r["episodes"]) for r in table])
-        se = np.array([float(r["std_return"]) for r in table]) / np.sqrt(np.maximum(n - 1, 1))
+        se = np.array([standard_error(float(r["std_return"]), max(int(r["episodes"]), 2)) for r in table])
         ax.errorbar(steps, means, yerr=se, marker="o", ms=3, color="tab:blue", capsize=2, label="training evals")
         ax.axhspan(row["random"] - row["random_se"], row["random"] + row["random_se"], color="0.6", alpha=0.4, lw=0)
         ax.axhline(row["random"], color="0.3", ls="--", lw=1, label="random play")

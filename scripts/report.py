@@ -59,6 +59,8 @@ def default_out(runs: list[Path]) -> Path:
     if len(runs) == 1:
         return runs[0] / "report"
     common = Path(os.path.commonpath([str(run.resolve()) for run in runs]))
+    if len(common.parts) < 2:
+        raise ConfigError(f"the runs share no folder but {common}: give --out, e.g. --out {runs[0].parent / 'report'}.")
     return common / "report"
 
 
@@ -197,8 +199,9 @@ def plot_profiles(profiles: dict, taus: np.ndarray, path: Path) -> None:
     ax.set_xlim(taus[0], taus[-1])
     ax.set_xlabel(r"human-normalised score $\tau$")
     ax.set_ylabel(r"fraction of runs x games with score > $\tau$")
-    with_ci = all("ci" in profile for profile in profiles.values())
-    ax.set_title("Performance profile of the final scores" + (" (95% CI)" if with_ci else
+    with_ci = [("ci" in profile) for profile in profiles.values()]
+    ax.set_title("Performance profile of the final scores" + (" (95% CI)" if all(with_ci) else
+                 f" (95% CI for groups of {MIN_RUNS_FOR_INTERVAL}+ runs)" if any(with_ci) else
                  f" (no CI: fewer than {MIN_RUNS_FOR_INTERVAL} runs)"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(ends) > 1:
                 notes.append(f"{method}: the runs end at different steps {ends}: their final scores differ in age")
                 print(f"warning: {notes[-1]}", file=sys.stderr)
-        summary = aggregates.aggregate(metrics_of, args.reps, args.seed)
+        summary = aggregates.aggregate(metrics_of, args.reps, args.seed, forgetting_test=args.scale == "shared")
         summary["normalisation"] = args.scale
         summary["normalisation_note"] = SCALES[args.scale]
         summary["smoothing"] = args.smoothing

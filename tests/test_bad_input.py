@@ -310,3 +310,18 @@ def test_a_new_run_or_sweep_inside_another_run_is_refused(run_copy, tmp_path, ca
     refused(capsys, sweep_main([str(sweep), "--out", str(run_copy)]), "is a run directory")
     refused(capsys, sweep_main([str(sweep), "--out", str(run_copy / "tb" / "sweep")]), "lies inside the run directory")
     assert files(run_copy) == before
+
+
+def test_unrelated_files_above_a_run_do_not_block_it_and_unwritable_places_are_refused(tmp_path, capsys):
+    """A home folder with its own checkpoints/ and config.yaml is not a run directory; /proc takes no files."""
+    from agent.cli import sweep_main
+    from agent.rundir import check_new_place
+
+    home = tmp_path / "home"
+    (home / "checkpoints").mkdir(parents=True)
+    (home / "config.yaml").write_text("something: else\n")
+    check_new_place(home / "project" / "runs" / "x", "--run-dir")  # no error
+    refused(capsys, train_main(["--config", SMOKE, "--run-dir", "/proc/self/fdinfo"]), "--run-dir: cannot write in")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {SMOKE}\ngrid:\n  seed: [0]\n")
+    refused(capsys, sweep_main([str(sweep), "--out", "/proc/ewc-sweep"]), "cannot create sweep directory")

@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from test_train import ROOT, SMOKE, TINY
+from test_train import ROOT, SMOKE, TINY, wait_for_a_periodic_checkpoint
 
-from agent.checkpoint import list_checkpoints, load_latest, step_of
+from agent.checkpoint import load_latest
 from agent.cli import train_main
 
 
@@ -24,10 +23,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path, capsys):
            "schedule.steps_per_visit=100000", "schedule.games=[Pong]", "checkpoint.every=100", "checkpoint.keep=100"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120  # a hang guard: the test waits for the first periodic checkpoint
-        while not [p for p in list_checkpoints(run / "checkpoints") if step_of(p) > 0]:
-            assert time.monotonic() < deadline and first.poll() is None, "training did not start"
-            time.sleep(0.05)
+        wait_for_a_periodic_checkpoint(first, run)
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock: its files cannot change meanwhile
         before = snapshot(run)
         capsys.readouterr()

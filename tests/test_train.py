@@ -28,6 +28,14 @@ def tiny_run(run_dir, games: str, steps: int):
     return run_dir
 
 
+def wait_for_a_periodic_checkpoint(proc, run_dir):
+    """Until a checkpoint after step 0 is complete (an event, not a sleep; the deadline only guards a hang)."""
+    deadline = time.monotonic() + 120
+    while not [p for p in list_checkpoints(run_dir / "checkpoints") if step_of(p) > 0]:
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.05)
+
+
 def scalars(run_dir):
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
@@ -99,10 +107,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
            "schedule.steps_per_visit=100000", "schedule.games=[Pong]", "checkpoint.every=100", "checkpoint.keep=100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120  # a hang guard only: the test waits for the event itself
-        while not [p for p in list_checkpoints(run / "checkpoints") if step_of(p) > 0]:
-            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-            time.sleep(0.05)
+        wait_for_a_periodic_checkpoint(proc, run)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0]
     finally:
