@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from test_train import ROOT, SMOKE, TINY, wait_for_a_periodic_checkpoint
+from test_train import ROOT, SMOKE, TINY, start_a_long_run
 
 from agent.checkpoint import load_latest
 from agent.cli import train_main
@@ -19,11 +19,8 @@ def snapshot(run_dir):
 
 def test_a_second_writer_is_refused_and_changes_nothing(tmp_path, capsys):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
-           "schedule.steps_per_visit=100000", "schedule.games=[Pong]", "checkpoint.every=100", "checkpoint.keep=100"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = start_a_long_run(run)
     try:
-        wait_for_a_periodic_checkpoint(first, run)
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock: its files cannot change meanwhile
         before = snapshot(run)
         capsys.readouterr()

@@ -28,12 +28,19 @@ def tiny_run(run_dir, games: str, steps: int):
     return run_dir
 
 
-def wait_for_a_periodic_checkpoint(proc, run_dir):
-    """Until a checkpoint after step 0 is complete (an event, not a sleep; the deadline only guards a hang)."""
+def start_a_long_run(run_dir):
+    """A training process on Pong that would run for hours, returned once a checkpoint after step 0 is
+    complete (an event, not a sleep; the deadline only guards a hang)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run_dir), *TINY,
+           "schedule.steps_per_visit=100000", "schedule.games=[Pong]", "checkpoint.every=100", "checkpoint.keep=100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not [p for p in list_checkpoints(run_dir / "checkpoints") if step_of(p) > 0]:
-        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"training did not start: {proc.communicate()[0]}")
         time.sleep(0.05)
+    return proc
 
 
 def scalars(run_dir):
@@ -103,11 +110,8 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     """SIGTERM once training is under way (a periodic checkpoint after step 0 exists: an event, not a
     sleep): exit 3, a checkpoint at the step the run stopped, and the resumed run finishes from it."""
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", SMOKE, "--run-dir", str(run), *TINY,
-           "schedule.steps_per_visit=100000", "schedule.games=[Pong]", "checkpoint.every=100", "checkpoint.keep=100"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_a_long_run(run)
     try:
-        wait_for_a_periodic_checkpoint(proc, run)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0]
     finally:
