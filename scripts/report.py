@@ -160,17 +160,21 @@ def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, p
                     ax.plot(s, v, marker="o", ms=3, lw=1, color=colour, alpha=1.0 if len(curves) == 1 else 0.7,
                             label=note if number == 0 else None)
                     top = max(top, float(np.max(v)) if v.size else top)
-        reference = reference_scores(game)
+        reference, off_axis = reference_scores(game), ""
         if reference is not None:
             random_score, human_score = reference
             ax.axhline(random_score, color="0.3", ls="--", lw=1,
                        label="random / human (reference)" if row == 0 else None)
+            shown = [random_score]
             if human_score <= 1.5 * max(top, random_score, 1e-9) or top >= human_score:
                 ax.axhline(human_score, color="0.3", ls=":", lw=1)
+                shown.append(human_score)
             else:
-                ax.text(0.995, 0.97, f"human {human_score:g} (above the axis)", transform=ax.transAxes,
-                        ha="right", va="top", fontsize=7, color="0.3")
-        ax.set_ylabel(f"{game}\nmean return")
+                off_axis = f"\n(human {human_score:g}: above)"
+            low, high = ax.get_ylim()  # axhline does not widen the axis: keep the drawn references in view
+            pad = 0.05 * ((max(high, *shown) - min(low, *shown)) or 1.0)
+            ax.set_ylim(min(low, min(shown) - pad), max(high, max(shown) + pad))
+        ax.set_ylabel(f"{game}\nmean return{off_axis}", fontsize=9)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     axes[0][0].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
