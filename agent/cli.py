@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.checkpoint import CheckpointError
 from agent.config import ConfigError, load_config, resolve_device
-from agent.rundir import check_new_place, check_writable, holds_run, make_dir, owned_by_run
+from agent.rundir import check_creatable, check_new_place, check_writable, holds_run, make_dir, owned_by_run
 
 
 def _interruptible(main):
@@ -242,8 +242,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
                               f"e.g. --out {out.parent / (out.name + '-sweep')}.")
         check_new_place(out, "--out")
         sweep = sweeps.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
-        make_dir(out, "sweep directory", "--out")  # before Ray starts: a place it cannot write is refused at once
-        check_writable(out, "--out")
+        check_creatable(out, "--out")  # before Ray starts, and without leaving a folder behind
         started_ray = sweeps.connect(args.address, args.local_cpus)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

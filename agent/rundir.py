@@ -227,6 +227,16 @@ def make_dir(path: Path, what: str = "run directory", option: str = "--run-dir")
         raise ConfigError(f"cannot create {what} {path}: {reason}; choose another {option}.") from None
 
 
+def check_creatable(path: Path, option: str) -> None:
+    """Refuse a folder that could not be created and written here, without creating it: its nearest existing
+    ancestor must be a directory this process can write in."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file; choose another {option}.")
+    if existing is not None:
+        check_writable(existing, option)
+
+
 def check_writable(folder: Path, option: str) -> None:
     """Refuse a folder this process cannot create files in (read-only, another user's), naming the option."""
     try:

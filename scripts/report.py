@@ -48,7 +48,7 @@ from agent.metrics import (  # noqa: E402
     max_abs_returns,
     read_run,
 )
-from agent.rundir import check_writable, holds_run, owned_by_run  # noqa: E402
+from agent.rundir import check_creatable, holds_run, owned_by_run  # noqa: E402
 from agent.tasks import task_inference_summary  # noqa: E402
 
 EXTRA_HINT = "pip install -e '.[report]'"
@@ -75,11 +75,7 @@ def check_out(out: Path) -> None:
     run = owned_by_run(out / "metrics.json")
     if run is not None:
         raise ConfigError(f"--out {out} lies inside the record of the run in {run}. Give e.g. --out {run / 'report'}.")
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is a file; choose another --out.")
-    if existing is not None:
-        check_writable(existing, "--out")
+    check_creatable(out, "--out")
 
 
 def run_labels(paths: list[Path]) -> list[str]:

@@ -324,4 +324,5 @@ def test_unrelated_files_above_a_run_do_not_block_it_and_unwritable_places_are_r
     refused(capsys, train_main(["--config", SMOKE, "--run-dir", "/proc/self/fdinfo"]), "--run-dir: cannot write in")
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"base: {SMOKE}\ngrid:\n  seed: [0]\n")
-    refused(capsys, sweep_main([str(sweep), "--out", "/proc/ewc-sweep"]), "cannot create sweep directory")
+    refused(capsys, sweep_main([str(sweep), "--out", "/proc/ewc-sweep"]), "--out: cannot write in /proc")
+    assert not Path("/proc/ewc-sweep").exists()
