@@ -579,8 +579,8 @@ def _summary(sweep: Sweep, out: Path, results: dict, stream) -> None:
     stopped = [name for name, result in results.items() if result["code"] == EXIT_INTERRUPTED]
     failed = [name for name, result in results.items() if result["code"] not in (0, EXIT_INTERRUPTED)]
     if stopped:
-        lines.append(f"{len(stopped)} run(s) stopped with a checkpoint (the sweep was interrupted); rerun the same "
-                     "command to continue them (finished runs are skipped).")
+        lines.append(f"{len(stopped)} run(s) interrupted (those that had started wrote a checkpoint); rerun the "
+                     "same command to continue them (finished runs are skipped).")
     if failed:
         lines.append(f"{len(failed)} run(s) failed; their logs are in {out / 'logs'}. Rerun the same command to "
                      "resume them (finished runs are skipped).")
