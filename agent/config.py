@@ -48,6 +48,8 @@ class _Section(BaseModel):
 
 
 class EnvConfig(_Section):
+    """The Atari environments and their protocol (Machado et al. 2018: sticky actions, no-ops, 108k-frame cap)."""
+
     backend: Literal["ale_vector", "gymnasium"] = "ale_vector"
     """ale_vector: ale-py's C++ vector env (fast); gymnasium: AsyncVectorEnv fallback."""
     num_envs: int = Field(8, gt=0, le=1024)
@@ -91,6 +93,8 @@ ORDER_SEED_STREAM = 104_729
 
 
 class ScheduleConfig(_Section):
+    """Which games are trained, for how many agent steps each visit, how many times and in which order."""
+
     games: list[str] = Field(min_length=1)
     """The games, e.g. [Breakout, Pong]: visited in this order (order=cyclic) or in a seeded random one."""
     steps_per_visit: int = Field(gt=0)
@@ -139,6 +143,8 @@ class ScheduleConfig(_Section):
 
 
 class NetworkConfig(_Section):
+    """The Q-network."""
+
     architecture: Literal["nature", "large"] = "nature"
     """nature: Mnih et al. 2015 (32/64/64, fc 512); large: Kirkpatrick et al. 2017 (32/64/128, fc 1024)."""
     task_params: bool = False
@@ -165,10 +171,16 @@ class FMNConfig(_Section):
 
 
 class DQNConfig(_Section):
+    """The learner: (Double) DQN with a target network, Huber loss and Adam."""
+
     learning_rate: float = Field(1e-4, gt=0)
+    """Adam's learning rate."""
     adam_eps: float = Field(1.5e-4, gt=0)
+    """Adam's epsilon."""
     gamma: float = Field(0.99, gt=0, le=1)
+    """Discount factor of the TD target."""
     batch_size: int = Field(32, gt=0)
+    """Transitions sampled from the current game's buffer per update."""
     train_every: int = Field(4, gt=0)
     """Agent steps per gradient update (the replay ratio)."""
     learning_starts: int = Field(10_000, ge=0)
@@ -177,8 +189,12 @@ class DQNConfig(_Section):
     """Agent steps between target-network syncs. Syncs happen only while updates run: while a game's buffer
     fills up to learning_starts no sync is made, and the next one comes at the first update after it."""
     double_dqn: bool = True
+    """Double DQN: the online network chooses the next action, the target network values it (false: the target
+    network does both)."""
     huber_delta: float = Field(1.0, gt=0)
+    """Delta of the Huber loss on the TD error."""
     max_grad_norm: float = Field(10.0, gt=0)
+    """Gradients are clipped to this global norm before each Adam step."""
     clip_rewards: bool = True
     """Clip rewards to [-1, 1] in the learner (logged returns stay raw)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -192,8 +208,12 @@ class DQNConfig(_Section):
 
 
 class EpsilonConfig(_Section):
+    """Epsilon-greedy exploration while training."""
+
     start: float = Field(1.0, ge=0, le=1)
+    """Exploration at the start of the decay."""
     end: float = Field(0.01, ge=0, le=1)
+    """Exploration once the decay is over."""
     decay_steps: int = Field(250_000, gt=0)
     """Agent steps of the linear decay from start to end."""
     restart: Literal["visit", "game", "never"] = "visit"
@@ -201,6 +221,8 @@ class EpsilonConfig(_Section):
 
 
 class ReplayConfig(_Section):
+    """The replay: one buffer per game."""
+
     capacity_per_game: int = Field(50_000, ge=64)
     """Transitions kept for each game (one buffer per game)."""
     storage: Literal["host", "device"] = "host"
@@ -209,13 +231,19 @@ class ReplayConfig(_Section):
 
 
 class ConsolidationConfig(_Section):
+    """What protects the earlier games: the method, its penalty and Fisher, and the retention probe."""
+
     method: Literal["none", "l2", "ewc", "online_ewc"] = "none"
     """none: fine-tuning; l2: uniform importance; ewc: one Fisher anchor per game; online_ewc: one running anchor."""
     lambda_: float = Field(10.0, ge=0, alias="lambda")
-    """Penalty strength; with normalize=mean it is the mean stiffness per weight (see README: chosen by experiment)."""
+    """Penalty strength; with normalize=mean it is the mean stiffness per weight (see docs/consolidation.md: chosen by experiment)."""
     fisher_estimator: Literal["expected", "sampled", "empirical"] = "expected"
+    """The Q-values read as a softmax policy's logits. expected: the exact expectation over all 18 actions;
+    sampled: one action drawn per state; empirical: the per-sample TD-loss gradient."""
     fisher_batches: int = Field(100, gt=0)
+    """Minibatches of replayed states of the game being left in each Fisher estimate."""
     fisher_batch_size: int = Field(32, gt=0)
+    """States per Fisher minibatch."""
     normalize: Literal["none", "mean", "max"] = "mean"
     """Divide each new Fisher by its mean (default) or max before it is stored; none keeps the raw scale."""
     online_gamma: float = Field(1.0, ge=0, le=1)
@@ -232,6 +260,8 @@ class ConsolidationConfig(_Section):
 
 
 class CheckpointConfig(_Section):
+    """Full checkpoints, to resume a run (milestones at every game switch are kept whatever these say)."""
+
     every: int = Field(250_000, ge=0)
     """Agent steps between checkpoints (0: only at game switches and on SIGTERM/SIGINT)."""
     keep: int = Field(3, gt=0)
@@ -241,21 +271,28 @@ class CheckpointConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Evaluation of every game of the schedule during training, with its own envs and RNG."""
+
     every: int = Field(0, ge=0)
     """Agent steps between evaluations on every game of the schedule (0: only at the start and at each switch;
     set eval.episodes=0 to turn evaluation off)."""
     episodes: int = Field(3, ge=0)
     """Episodes per game and evaluation."""
     epsilon: float = Field(0.05, ge=0, le=1)
+    """Exploration while evaluating."""
     num_envs: int = Field(8, gt=0)
+    """Environments stepped together while evaluating."""
     max_episode_frames: int = Field(108_000, gt=0)
     """Episode cap while evaluating (a greedy agent that never presses FIRE plays until the cap)."""
 
 
 class LoggingConfig(_Section):
+    """Scalar logs and the console."""
+
     log_every: int = Field(1_000, gt=0)
     """Agent steps between scalar logs (losses, sps, epsilon)."""
     progress_bar: bool = True
+    """A progress bar; false (for log files): a status line every 30 s and at every visit, evaluation and switch."""
 
 
 class TrainConfig(_Section):
