@@ -193,7 +193,7 @@ def test_a_stop_signal_is_acted_on_within_the_work(tmp_path, phase):
     """Both would take minutes: 300 evaluation episodes, or the expected Fisher over 400 minibatches. The
     signal comes as the work starts (its line printed); the run stops with the work abandoned and owed,
     which a run that finished the work first would not show. How fast it stops is measured by
-    `scripts/bench.py --only signals` (README, "Long runs"), not asserted here."""
+    `scripts/bench.py --only signals` (docs/long-runs.md, "Stop signals"), not asserted here."""
     run = tmp_path / "run"
     long_work = {"evaluation": ["eval.episodes=300", "eval.num_envs=1", "eval.epsilon=1.0"],
                  "fisher": ["eval.episodes=0", "consolidation.fisher_batches=400"]}[phase]

@@ -97,7 +97,7 @@ def test_anchors_milestones_and_checkpoint_sizes(soak):
     slots = len(GAMES) * CAPACITY // ENVS * ENVS
     per_env = len(GAMES) * ENVS * (8 + 8 + 1)  # cursor, written, open
     assert replay_bytes == slots * SLOT_BYTES + per_env
-    # Documented in the README: replay slots x 7,064 B plus about 8 copies of the network
+    # Documented in docs/long-runs.md ("Checkpoints"): replay slots x 7,064 B plus about 8 copies of the network
     # (online, target, Adam's two moments, and two per anchor: its centre and its Fisher).
     anchors = len(GAMES)
     probe_bytes = sum(t.numel() * t.element_size() for s in state["probe"]["snapshots"].values() for t in s.values())

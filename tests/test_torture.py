@@ -4,7 +4,7 @@ checkpoint, while the checkpoint after a SIGTERM's is written, at random), resum
 and compare it with an uninterrupted run.
 
 With checkpoint.every=0 every checkpoint is taken at a switch, before the first step, or on a
-stop signal during a switch's evaluation or Fisher estimate: from each of them the README
+stop signal during a switch's evaluation or Fisher estimate: from each of them docs/long-runs.md
 promises an exact resume, so the final networks, eval.csv and every TensorBoard point (value
 included) must equal the uninterrupted run's.
 """
