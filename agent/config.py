@@ -236,7 +236,8 @@ class ConsolidationConfig(_Section):
     method: Literal["none", "l2", "ewc", "online_ewc"] = "none"
     """none: fine-tuning; l2: uniform importance; ewc: one Fisher anchor per game; online_ewc: one running anchor."""
     lambda_: float = Field(10.0, ge=0, alias="lambda")
-    """Penalty strength; with normalize=mean it is the mean stiffness per weight (see docs/consolidation.md: chosen by experiment)."""
+    """Penalty strength; with normalize=mean it is the mean stiffness per weight (chosen by experiment: see
+    docs/consolidation.md)."""
     fisher_estimator: Literal["expected", "sampled", "empirical"] = "expected"
     """The Q-values read as a softmax policy's logits. expected: the exact expectation over all 18 actions;
     sampled: one action drawn per state; empirical: the per-sample TD-loss gradient."""

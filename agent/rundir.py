@@ -19,12 +19,14 @@ import json
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from agent.checkpoint import list_checkpoints, step_of
 from agent.config import ConfigError
 
 EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
@@ -118,6 +120,21 @@ def truncate_to(run_dir: Path, sizes: dict[str, int]) -> None:
             with open(path, "r+b") as handle:
                 handle.truncate(kept)
                 os.fsync(handle.fileno())
+
+
+def cut_back(run_dir: Path, sizes: dict[str, int] | None, step: int) -> None:
+    """Make a run directory agree with the checkpoint a run resumes from, taken at `step` when the record
+    had `sizes`: what a killed run logged after it goes (it is logged again), and so do the milestones of
+    the switches it will redo."""
+    if sizes is None:
+        print("warning: this checkpoint predates the record of file sizes: points a killed run logged "
+              "after it may appear twice in TensorBoard and eval.csv.", file=sys.stderr)
+    else:
+        truncate_to(run_dir, sizes)
+    for milestone in list_checkpoints(run_dir / "milestones"):
+        if step_of(milestone) > step:
+            milestone.unlink()
+            milestone.with_suffix(".done").unlink()
 
 
 def _size(path: Path) -> int:

@@ -269,7 +269,8 @@ def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
     from agent.resume import resume
-    from agent.trainer import EXIT_BAD_INPUT, EXIT_CRASHED, Trainer
+    from agent.stopping import EXIT_BAD_INPUT, EXIT_CRASHED
+    from agent.trainer import Trainer
 
     run_dir = Path(run_dir)
     result = {"name": name, "code": EXIT_CRASHED, "error": None, "steps": None, "host": socket.gethostname(),

@@ -411,16 +411,16 @@ def bench_checkpoint(args) -> list[tuple]:
         trainer = Trainer(config, Path(tmp))
         n = config.env.num_envs
         for game in config.schedule.games:
-            replay = trainer._replay(game)
+            replay = trainer.state.replay(game)
             for _ in range(written // n):
                 frames = rng.integers(0, 256, (n, 4, 84, 84), dtype=np.uint8)
                 replay.add(frames, rng.integers(18, size=n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), frames)
         game = config.schedule.games[0]
         states = torch.from_numpy(trainer.replays[game].sample_states(64, rng))
-        trainer.consolidator.consolidate(game, trainer.network, states, written, generator=trainer.fisher_generator)
+        trainer.consolidator.consolidate(game, trainer.network, states, written, generator=trainer.state.random.fisher)
         trainer.probe.snapshot(game, trainer.network, torch.from_numpy(
             trainer.replays[game].sample_states(config.consolidation.probe_states, rng)))
-        state = trainer.state_dict()
+        state = trainer.state.state_dict()
         transitions = sum(len(r) for r in trainer.replays.values())
         replay_bytes = sum(t.numel() * t.element_size() for r in state["replay"].values() for t in r.values())
 
@@ -435,7 +435,7 @@ def bench_checkpoint(args) -> list[tuple]:
                  for game, replay in trainer.replays.items()}
         whole, whole_seconds = size("views", {**state, "replay": views})
         trainer.progress.visit = 1
-        milestone = trainer._save_milestone(game).stat().st_size
+        milestone = trainer.switch.milestone(game).stat().st_size
     label = f"quickstart at its first switch, {transitions:,} transitions in replay"
     return [(f"checkpoint MB, {label} (lower is better)", "written slots only", ours / 1e6,
              "views of the buffers (whole storage)", whole / 1e6),

@@ -15,6 +15,7 @@ from agent import trainer as trainer_module
 from agent.checkpoint import load_latest
 from agent.cli import evaluate_main, train_main
 from agent.resume import resume
+from agent.switch import Switch
 from agent.tasks import task_inference_summary
 
 
@@ -48,22 +49,22 @@ FMN = [*TINY, "schedule.games=[Breakout, Pong]", "schedule.steps_per_visit=400",
 
 def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_reports(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    original = trainer_module.Trainer._change_context
+    original = Switch.change_context
     stopped = []
 
-    def stop_during_the_first_switch(self, game):
+    def stop_during_the_first_switch(self, game, record):
         if not stopped:  # a SIGTERM arrives as the first context switch starts: its Fisher polls and stops
-            stopped.append(self.progress.global_step)
-            self._request_stop(signal.SIGTERM, None)
-        return original(self, game)
+            stopped.append(self.state.progress.global_step)
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, game, record)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_change_context", stop_during_the_first_switch)
+    monkeypatch.setattr(Switch, "change_context", stop_during_the_first_switch)
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *FMN]) == 3
     _, state = load_latest(run / "checkpoints")
     assert state["progress"]["pending_switch"] == "context1" and state["progress"]["task"] == "context0"
     assert state["consolidator"]["anchors"] == {}  # the interrupted estimate left no anchor
     assert 400 < stopped[0] <= 400 + 2 * 2 * 4  # Pong was detected within two windows of 4 frames x 2 envs
-    monkeypatch.setattr(trainer_module.Trainer, "_change_context", original)
+    monkeypatch.setattr(Switch, "change_context", original)
     assert train_main(["--resume", str(run)]) == 0
     assert train_main(["--resume", str(run), "schedule.cycles=2"]) == 0  # Breakout and Pong again
     _, state = load_latest(run / "checkpoints")
@@ -140,15 +141,15 @@ FORCED = [*TINY, "schedule.games=[Breakout, Pong]", "schedule.steps_per_visit=40
 def test_a_stop_in_a_switch_on_a_visits_last_step_is_finished_before_the_visit_ends(tmp_path, monkeypatch):
     run = tmp_path / "run"
     forced_contexts(monkeypatch, switch_at_call=20)  # 2 envs: the 20th vector step is Breakout's last
-    original = trainer_module.Trainer._change_context
+    original = Switch.change_context
     stopped = []
 
-    def stop_once(self, game):
+    def stop_once(self, game, record):
         if not stopped:
-            stopped.append(self.progress.global_step)
-            self._request_stop(signal.SIGTERM, None)
-        return original(self, game)
-    monkeypatch.setattr(trainer_module.Trainer, "_change_context", stop_once)
+            stopped.append(self.state.progress.global_step)
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, game, record)
+    monkeypatch.setattr(Switch, "change_context", stop_once)
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *FORCED]) == 3
     assert stopped == [40]
     assert train_main(["--resume", str(run)]) == 0

@@ -76,7 +76,7 @@ def recorded(tmp_path_factory):
     config = load_config(SMOKE, RUN)
     trainer = Trainer(config, tmp_path_factory.mktemp("wiring") / "run")
     updates, consolidations = [], []
-    real_update, real_consolidate = trainer.update, trainer._consolidate_task
+    real_update, real_leave = trainer.update, trainer.switch.leave
 
     def update(batch, task):
         progress, anchors = trainer.progress, trainer.consolidator.anchors
@@ -91,7 +91,7 @@ def recorded(tmp_path_factory):
         updates[-1]["penalty"] = float(result[2])
         return result
 
-    def consolidate_task(key):
+    def leave(key, record):
         # The Fisher on states drawn, as the trainer draws them, from the replay of the task being left.
         rng = np.random.default_rng()
         rng.bit_generator.state = trainer.rng.bit_generator.state
@@ -99,11 +99,11 @@ def recorded(tmp_path_factory):
         states = trainer.replays[key].sample(cons.fisher_batches * cons.fisher_batch_size, rng).obs
         own = mean_normalised(estimate_fisher(trainer.network, states, "expected",
                                               batch_size=cons.fisher_batch_size))
-        real_consolidate(key)
+        real_leave(key, record)
         consolidations.append({"key": key, "own": own, "stored": {
             name: value.clone() for name, value in trainer.consolidator.anchors[key]["importance"].items()}})
 
-    trainer.update, trainer._consolidate_task = update, consolidate_task
+    trainer.update, trainer.switch.leave = update, leave
     assert trainer.train() == 0
     events = EventAccumulator(str(trainer.run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
