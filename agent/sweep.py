@@ -17,7 +17,7 @@ Left to Ray: one plain `ray.remote` task per run does placement and resource sha
 run whose worker died (the task resumes the run from its checkpoint); `ray.wait` collects the results as they
 come; `ray.cancel` stops the runs on SIGINT/SIGTERM (a KeyboardInterrupt in the task, on which the trainer writes
 a checkpoint); `runtime_env` gives the workers this project. No actor or thread reports progress: the status
-line reads the runs' logs (the trainer's `[step N/...` lines, at least every 30 s; an attempt's `====` line).
+line reads the runs' logs (the trainer's `[step N...` lines, at least every 30 s; an attempt's `====` line).
 
 Kept here, as Ray has no equivalent: the grid's expansion, every run's config validated before Ray starts; the
 record OUT/sweep.json, which refuses a changed grid; the skip of finished runs (read from their newest
@@ -474,7 +474,7 @@ def _result(ref, name: str, timeout: float | None = None) -> dict:
 
 class _Status:
     """The sweep's progress line, from the runs' logs: a run runs once an attempt has written its `====` line in
-    this session; each attempt trained the steps between its first and its last `[step N/` line."""
+    this session; each attempt trained the steps between its first and its last `[step N` line."""
 
     def __init__(self, out: Path, names: list[str], total: int, stream):
         self.logs = {name: out / "logs" / f"{name}.log" for name in names}
@@ -500,7 +500,7 @@ class _Status:
                     if re.match(r"==== \S+ (?!exit )", line):  # an attempt starts (its end: `==== T exit`)
                         first, last = self.attempts.get(name) or (0, 0)
                         self.trained, self.attempts[name] = self.trained + last - first, None
-                    elif (step := re.match(r"\[step ([\d,]+)/", line)) and name in self.attempts:
+                    elif (step := re.match(r"\[step ([\d,]+)", line)) and name in self.attempts:
                         step = int(step[1].replace(",", ""))
                         self.attempts[name] = (self.attempts[name] or (step,))[0], step
 
