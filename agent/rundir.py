@@ -220,14 +220,19 @@ def exclusive(path: Path, owner: str, wait: float = 0.0) -> _Lock:
     return _Lock(handle)
 
 
+def holder() -> str:
+    """What a lock file names: this process, its host and since when (the message of whoever is refused)."""
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {since}"
+
+
 def hold_run(run_dir: Path) -> _Lock:
     """The run directory's writer lock, taken before anything of the record is written. A second
     writer (train.py on the same --run-dir or --resume, a sweep's run) is refused with RunBusy naming
     the holder; readers (report.py, TensorBoard, evaluate.py) take no lock."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     try:
-        return exclusive(run_dir / WRITER_LOCK, f"pid {os.getpid()} on {socket.gethostname()}, since {since}")
+        return exclusive(run_dir / WRITER_LOCK, holder())
     except TimeoutError as exc:
         raise RunBusy(f"{run_dir} is being written by another process ({exc}). Two writers would interleave "
                       "its eval.csv, TensorBoard events and checkpoints. Wait for that process to finish, or stop "

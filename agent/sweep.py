@@ -10,10 +10,20 @@ A sweep file (YAML, e.g. configs/sweep_methods.yaml):
     resources: {num_cpus: 2, num_gpus: 0.25}   # per run; runs with num_gpus < 1 share a GPU
     max_retries: 3                  # restarts of a run whose worker died (it resumes from its checkpoint)
 
-Run `method=ewc,seed=1` lives in OUT/method=ewc,seed=1 and is an ordinary run directory
-(`ewc-train --resume` works on it). Ray schedules the runs; this module only expands the
-grid, keeps the sweep's record (OUT/sweep.json), starts or resumes each run inside its task
-and reports. Ray is imported only here, and only when a sweep runs (the `sweep` extra).
+Run `method=ewc,seed=1` lives in OUT/method=ewc,seed=1 and is an ordinary run directory (`ewc-train --resume`
+works on it); its console goes to OUT/logs/method=ewc,seed=1.log.
+
+Left to Ray: one plain `ray.remote` task per run does placement and resource sharing; `max_retries` restarts a
+run whose worker died (the task resumes the run from its checkpoint); `ray.wait` collects the results as they
+come; `ray.cancel` stops the runs on SIGINT/SIGTERM (a KeyboardInterrupt in the task, on which the trainer writes
+a checkpoint); `runtime_env` gives the workers this project. No actor or thread reports progress: the status
+line reads the runs' logs (the trainer's `[step N...` lines, at least every 30 s; an attempt's `====` line).
+
+Kept here, as Ray has no equivalent: the grid's expansion, every run's config validated before Ray starts; the
+record OUT/sweep.json, which refuses a changed grid; the skip of finished runs (read from their newest
+checkpoint, so they are not even opened for writing); one sweep per OUT (a lock: a file-system property); a
+probe of --address (ray.init retries an unreachable address for minutes); the refusal of runs larger than any
+node (Ray would wait for ever); the status line and the summary. Ray is imported only when a sweep runs.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -40,7 +49,7 @@ import yaml
 
 from agent.checkpoint import CheckpointError, list_checkpoints
 from agent.config import ConfigError, TrainConfig, load_config, validate_config
-from agent.rundir import check_writable, exclusive, holds_run, make_dir, replace_atomically
+from agent.rundir import check_writable, exclusive, holder, holds_run, make_dir, replace_atomically
 
 # Short grid keys for the usual axes of a continual-RL sweep; any dotted config key works too.
 ALIASES = {"method": "consolidation.method", "lambda": "consolidation.lambda", "games": "schedule.games"}
@@ -49,6 +58,7 @@ RECORD_FORMAT = "ewc-atari-sweep-v1"
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds agent/ and envs/
 RUN_LOCK_WAIT = 120.0  # seconds a run waits for an earlier attempt's worker to let go of it
+RATE_WINDOW = 60.0  # seconds of the status line's steps/s (a run logs its step at least every 30 s)
 
 
 class SweepError(ConfigError):
@@ -101,17 +111,14 @@ def load_sweep(path: Path, cli_overrides: list[str] = (), num_cpus: float | None
     fixed = _mapping(spec.get("overrides"), f"{path}: overrides")
     fixed_overrides = [f"{key}={json.dumps(value)}" for key, value in fixed.items()] + list(cli_overrides)
     fixed_keys = set(fixed) | {item.partition("=")[0] for item in cli_overrides}
-
-    grid = _mapping(spec.get("grid"), f"{path}: grid")
     axes = []
-    for key, values in grid.items():
+    for key, values in _mapping(spec.get("grid"), f"{path}: grid").items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, e.g. {key}: [0, 1].")
-        dotted = ALIASES.get(key, key)
-        if dotted in fixed_keys:
-            raise SweepError(f"{path}: {dotted} is both in the grid and set for every run (overrides: or the "
-                             "command line); keep it in one place.")
-        axes.append((key, dotted, values))
+        if ALIASES.get(key, key) in fixed_keys:
+            raise SweepError(f"{path}: {ALIASES.get(key, key)} is both in the grid and set for every run "
+                             "(overrides: or the command line); keep it in one place.")
+        axes.append((key, ALIASES.get(key, key), values))
     if not axes:
         raise SweepError(f"{path}: the grid is empty, so the sweep would train the base config once. Add an axis, "
                          "e.g. grid: {seed: [0, 1, 2]}, or train one config with scripts/train.py.")
@@ -134,14 +141,11 @@ def load_sweep(path: Path, cli_overrides: list[str] = (), num_cpus: float | None
         name = ",".join(f"{key}={_label(value)}" for (key, _, _), value in zip(axes, values))
         overrides = fixed_overrides + [f"{key}={json.dumps(value)}" for key, value in settings.items()]
         try:
-            config = load_config(base, overrides)
-            overrides += _resource_overrides(config, num_cpus, num_gpus)
-            config = load_config(base, overrides)
+            overrides += _resource_overrides(load_config(base, overrides), num_cpus, num_gpus)
+            runs.append(Run(name, settings, overrides, load_config(base, overrides)))
         except ConfigError as exc:
             raise SweepError(f"{path}, run {name}: {exc}\nFix the grid, overrides or base config.") from None
-        runs.append(Run(name, settings, overrides, config))
-    names = [run.name for run in runs]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(name for name, count in collections.Counter(run.name for run in runs).items() if count > 1)
     if twice:
         raise SweepError(f"{path}: the grid gives several runs the same name ({', '.join(twice)}); "
                          "list each value once.")
@@ -164,11 +168,9 @@ def _resource_overrides(config: TrainConfig, num_cpus: float, num_gpus: float) -
 
 
 def _mapping(value: Any, what: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
+    if value is not None and not isinstance(value, dict):
         raise SweepError(f"{what} must be a mapping of dotted keys to values, e.g. `seed: [0, 1]`.")
-    return value
+    return value or {}
 
 
 def _number(value: Any, what: str, positive: bool = False) -> float:
@@ -181,8 +183,7 @@ def _label(value: Any) -> str:
     """A grid value as it appears in a run's directory name."""
     if isinstance(value, list):
         return "-".join(_label(v) for v in value)
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value).lower() if isinstance(value, bool) else str(value))
 
 
 # ---------------------------------------------------------------- the sweep's record
@@ -204,28 +205,24 @@ def write_record(out: Path, sweep: Sweep, command: list[str], address: str | Non
     recorded = {run["name"]: run for run in record["runs"]}
     current = {run.name: run for run in sweep.runs}
     problems = [f"  {name}: recorded, but no longer in the grid" for name in recorded if name not in current]
-    for name, run in current.items():
-        if name in recorded:
-            # Through today's schema, as resume does: keys a newer version added take their defaults.
-            try:
-                before = validate_config(recorded[name]["config"], f"{path} ({name})", stored=True).to_dict()
-            except ValueError:
-                before = recorded[name]["config"]
-            changed = [key for key in differing_keys(before, run.config.to_dict())
-                       if not key.startswith(RESUMABLE_CHANGES)]
-            if changed:
-                problems.append(f"  {name}: {', '.join(changed)} changed")
+    for name in (name for name in current if name in recorded):
+        # Through today's schema, as resume does: keys a newer version added take their defaults.
+        try:
+            before = validate_config(recorded[name]["config"], f"{path} ({name})", stored=True).to_dict()
+        except ValueError:
+            before = recorded[name]["config"]
+        changed = [key for key in differing_keys(before, current[name].config.to_dict())
+                   if not key.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            problems.append(f"  {name}: {', '.join(changed)} changed")
     if problems:
         raise SweepError(f"The sweep in {out} was run with another grid (its record is {path}):\n"
                          + "\n".join(problems) + "\nA sweep's runs are kept as they were: keep their values in "
                          "the grid (new values are added as new runs), or give another --out. Only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change.")
-    now = _now()
-    added = [name for name in current if name not in recorded]
-    for name in added:
-        run = current[name]
-        record["runs"].append({"name": name, "dir": name, "settings": run.settings, "added": now,
-                               "config": run.config.to_dict()})
+    now, added = _now(), [name for name in current if name not in recorded]
+    record["runs"] += [{"name": name, "dir": name, "settings": current[name].settings, "added": now,
+                        "config": current[name].config.to_dict()} for name in added]
     record["sessions"].append({"started": now, "command": command, "address": address or "local",
                                "sweep_file": str(sweep.path), "base": str(sweep.base),
                                "resources": {"num_cpus": sweep.num_cpus, "num_gpus": sweep.num_gpus},
@@ -233,11 +230,6 @@ def write_record(out: Path, sweep: Sweep, command: list[str], address: str | Non
     out.mkdir(parents=True, exist_ok=True)
     replace_atomically(path, json.dumps(record, indent=2).encode())
     return record
-
-
-def record_results(out: Path, record: dict, results: dict[str, dict]) -> None:
-    record["sessions"][-1].update(ended=_now(), results=results)
-    replace_atomically(out / "sweep.json", json.dumps(record, indent=2).encode())
 
 
 def _now() -> str:
@@ -253,48 +245,41 @@ def finished_steps(run_dir: Path, config: TrainConfig) -> int | None:
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         return None
-    newest = checkpoints[-1]
     try:
-        sentinel = json.loads(newest.with_suffix(".done").read_text())
-        if newest.stat().st_size != sentinel["size"]:
+        if checkpoints[-1].stat().st_size != json.loads(checkpoints[-1].with_suffix(".done").read_text())["size"]:
             return None  # damaged: the run's own resume skips it and says so
-        progress = torch.load(newest, map_location="cpu", mmap=True, weights_only=True)["progress"]
+        progress = torch.load(checkpoints[-1], map_location="cpu", mmap=True, weights_only=True)["progress"]
     except Exception:  # unreadable: leave the verdict to the resume
         return None
     visits = config.schedule.cycles * len(config.schedule.games)
     return progress["global_step"] if progress["visit"] >= visits else None
 
 
-def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str, progress=None) -> dict:
+def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str) -> dict:
     """Start, resume or (if finished) leave the run in `run_dir`; its console goes to `log`. Returns its
     exit code and, for a failure, the error in one line. Runs again from the top when Ray retries it."""
     from agent.resume import resume
     from agent.stopping import EXIT_BAD_INPUT, EXIT_CRASHED
     from agent.trainer import Trainer
 
-    run_dir = Path(run_dir)
+    run_dir, log = Path(run_dir), Path(log)
     result = {"name": name, "code": EXIT_CRASHED, "error": None, "steps": None, "host": socket.gethostname(),
               "pid": os.getpid(), "agent": str(PROJECT_ROOT)}
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as handle:
         console = _LastMessage(handle)
         handle.write(f"==== {_now()} {name} on {result['host']}, pid {result['pid']}\n")
-        reporter = None
-        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console), contextlib.ExitStack() as held:
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             try:
                 # The worker of an earlier attempt may outlive its sweep (killed) by a few seconds.
-                held.enter_context(exclusive(Path(log).with_suffix(".lock"), f"pid {result['pid']} on "
-                                             f"{result['host']}", wait=RUN_LOCK_WAIT))
-                config = load_config(base, overrides)
-                if holds_run(run_dir):
-                    trainer = resume(run_dir, config)
-                else:
-                    make_dir(run_dir)
-                    trainer = Trainer(config, run_dir)
-                if progress is not None:
-                    progress.start.remote(name, trainer.progress.global_step)
-                    reporter = _Reporter(progress, name, trainer)
-                result["code"] = trainer.train()
+                with exclusive(log.with_suffix(".lock"), holder(), wait=RUN_LOCK_WAIT):
+                    config = load_config(base, overrides)
+                    if holds_run(run_dir):
+                        trainer = resume(run_dir, config)
+                    else:
+                        make_dir(run_dir)
+                        trainer = Trainer(config, run_dir)
+                    result["code"] = trainer.train()
                 result["steps"] = trainer.progress.global_step
                 if result["code"] != 0:
                     crash = _crash_line(run_dir) if result["code"] == EXIT_CRASHED else None
@@ -306,9 +291,6 @@ def train_run(name: str, run_dir: str, base: str, overrides: list[str], log: str
                 bad_input = isinstance(exc, (ConfigError, CheckpointError, ValueError))
                 result["code"] = EXIT_BAD_INPUT if bad_input else EXIT_CRASHED
                 result["error"] = f"{type(exc).__name__}: {_one_line(str(exc))}"
-            finally:
-                if reporter is not None:
-                    reporter.stop()
         handle.write(f"==== {_now()} exit {result['code']}" + (f": {result['error']}" if result["error"] else "")
                      + "\n")
     return result
@@ -328,45 +310,6 @@ class _LastMessage:
 
     def flush(self) -> None:
         self.handle.flush()
-
-
-class _Reporter:
-    """Sends the run's agent step to the sweep's progress actor every 2 s, from a thread."""
-
-    def __init__(self, progress, name: str, trainer, every: float = 2.0):
-        self.progress, self.name, self.trainer, self.every = progress, name, trainer, every
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.every):
-            self.progress.report.remote(self.name, self.trainer.progress.global_step)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.progress.report.remote(self.name, self.trainer.progress.global_step)
-
-
-class SweepProgress:
-    """Agent steps trained in this session, summed over runs (a Ray actor: tasks report, the driver reads)."""
-
-    def __init__(self):
-        self.steps: dict[str, int] = {}
-        self.started: set[str] = set()
-        self.trained = 0
-
-    def start(self, name: str, step: int) -> None:
-        self.started.add(name)
-        self.steps[name] = step  # where it starts (a retried run resumes from its checkpoint)
-
-    def report(self, name: str, step: int) -> None:
-        self.trained += max(step - self.steps.get(name, step), 0)
-        self.steps[name] = step
-
-    def snapshot(self) -> tuple[int, list[str]]:
-        return self.trained, sorted(self.started)
 
 
 def _crash_line(run_dir: Path) -> str | None:
@@ -413,7 +356,7 @@ def connect(address: str | None, local_cpus: int | None) -> bool:
 
 
 def _check_address(address: str) -> None:
-    """Fail fast, with advice, on an address Ray would retry for a minute."""
+    """Fail fast, with advice, on an address ray.init would retry for minutes."""
     if address == "auto" or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
@@ -434,7 +377,7 @@ def lock(out: Path):
     make_dir(out, "sweep directory", "--out")
     check_writable(out, "--out")
     try:
-        return exclusive(out / ".lock", f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}")
+        return exclusive(out / ".lock", holder())
     except TimeoutError as exc:
         raise SweepError(f"Another sweep is running in {out} ({exc}); wait for it, or stop it (its runs resume "
                          "when the sweep is run again).") from None
@@ -468,18 +411,12 @@ def run_sweep(sweep: Sweep, out: Path, record: dict, progress_every: float = 5.0
     todo = [run for run in sweep.runs if run.name not in results]
     print(f"Sweep {sweep.path} in {out}: {len(sweep.runs)} runs, {len(results)} finished earlier, "
           f"{len(todo)} to train ({sweep.num_cpus:g} CPUs, {sweep.num_gpus:g} GPUs each).", file=stream, flush=True)
-
+    status = _Status(out, [run.name for run in todo], len(sweep.runs), stream)
     task = ray.remote(train_run)  # Ray gives a task with GPUs a fresh worker (max_calls=1 is its default there)
-    progress = ray.remote(num_cpus=0)(SweepProgress).remote() if todo else None
-    pending = {}
-    for run in todo:
-        ref = task.options(num_cpus=sweep.num_cpus, num_gpus=sweep.num_gpus, max_retries=sweep.max_retries,
-                           name=f"sweep:{run.name}").remote(run.name, str(out / run.name), str(sweep.base),
-                                                            run.overrides, str(out / "logs" / f"{run.name}.log"),
-                                                            progress)
-        pending[ref] = run.name
-    started = time.monotonic()
-    status = _Status(stream, started)
+    pending = {task.options(num_cpus=sweep.num_cpus, num_gpus=sweep.num_gpus, max_retries=sweep.max_retries,
+                            name=f"sweep:{run.name}").remote(run.name, str(out / run.name), str(sweep.base),
+                                                             run.overrides, str(status.logs[run.name])): run.name
+               for run in todo}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
     try:
@@ -487,23 +424,25 @@ def run_sweep(sweep: Sweep, out: Path, record: dict, progress_every: float = 5.0
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(status.due(progress_every), 0.05))
             for ref in ready:
                 name = pending.pop(ref)
-                results[name] = _result(ref, name, out)
+                results[name] = _result(ref, name)
                 if results[name]["code"] not in (0, EXIT_INTERRUPTED):
-                    status.line(f"run {name} failed: {results[name]['error']} (log: {out / 'logs' / name}.log)")
+                    status.say(f"run {name} failed: {results[name]['error']} (log: {status.logs[name]})")
             if status.due(progress_every) <= 0:
-                status.progress(results, len(sweep.runs), progress)
+                status.line(results)
     except KeyboardInterrupt:
         interrupted = True
-        status.line(f"Interrupted: stopping {len(pending)} run(s); each writes a checkpoint (rerun the sweep to "
-                    "continue them).")
+        status.say(f"Interrupted: stopping {len(pending)} run(s); each writes a checkpoint (rerun the sweep to "
+                   "continue them).")
         for ref in pending:
             ray.cancel(ref)  # a KeyboardInterrupt in the task: the trainer checkpoints and exits
         for ref, name in pending.items():
-            results[name] = _result(ref, name, out, timeout=120)
+            results[name] = _result(ref, name, timeout=120)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    status.progress(results, len(sweep.runs), progress)
-    record_results(out, record, {run.name: results[run.name] for run in sweep.runs if run.name in results})
+    status.line(results)
+    record["sessions"][-1].update(ended=_now(), results={run.name: results[run.name] for run in sweep.runs
+                                                         if run.name in results})
+    replace_atomically(out / "sweep.json", json.dumps(record, indent=2).encode())
     _summary(sweep, out, results, stream)
     if interrupted:
         return EXIT_INTERRUPTED
@@ -514,7 +453,7 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _result(ref, name: str, out: Path, timeout: float | None = None) -> dict:
+def _result(ref, name: str, timeout: float | None = None) -> dict:
     """A task's result, or the reason there is none (its worker died more often than max_retries...)."""
     import ray
 
@@ -525,8 +464,8 @@ def _result(ref, name: str, out: Path, timeout: float | None = None) -> dict:
                 "error": "cancelled before it started"}
     except ray.exceptions.RayError as exc:
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        error = f"{type(exc).__name__}: {lines[-1].strip() if lines else exc}"
-        return {"status": "failed", "code": 1, "steps": None, "error": error}
+        return {"status": "failed", "code": 1, "steps": None,
+                "error": f"{type(exc).__name__}: {lines[-1].strip() if lines else exc}"}
     if result["agent"] != str(PROJECT_ROOT):
         print(f"warning: run {name} ran the project in {result['agent']} on {result['host']}, this sweep the one "
               f"in {PROJECT_ROOT}: the workers may run other code.", file=sys.stderr)
@@ -535,40 +474,55 @@ def _result(ref, name: str, out: Path, timeout: float | None = None) -> dict:
 
 
 class _Status:
-    """The sweep's one progress line, every few seconds; steps/s over the last `window` seconds (the runs
-    report every 2 s)."""
+    """The sweep's progress line, from the runs' logs: a run runs once an attempt has written its `====` line in
+    this session; each attempt trained the steps between its first and its last `[step N` line."""
 
-    def __init__(self, stream, started: float, window: float = 20.0):
-        self.stream, self.started, self.window = stream, started, window
-        self.last_time = started
-        self.history = collections.deque([(started, 0)])
+    def __init__(self, out: Path, names: list[str], total: int, stream):
+        self.logs = {name: out / "logs" / f"{name}.log" for name in names}
+        self.read = {name: path.stat().st_size if path.exists() else 0 for name, path in self.logs.items()}
+        self.total, self.stream, self.started = total, stream, time.monotonic()
+        self.attempts: dict[str, tuple[int, int] | None] = {}  # a run's current attempt: first and last step
+        self.trained, self.last, self.history = 0, self.started, collections.deque([(self.started, 0)])
 
     def due(self, every: float) -> float:
-        return self.last_time + every - time.monotonic()
+        return self.last + every - time.monotonic()
 
-    def line(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def progress(self, results: dict, total: int, progress) -> None:
-        import ray
+    def _read_logs(self) -> None:
+        for name, path in self.logs.items():
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+                handle.seek(self.read[name])
+                new = handle.read()
+                new = new[: new.rfind(b"\n") + 1]  # whole lines only
+                self.read[name] += len(new)
+                for line in new.decode(errors="replace").splitlines():
+                    if re.match(r"==== \S+ (?!exit )", line):  # an attempt starts (its end: `==== T exit`)
+                        first, last = self.attempts.get(name) or (0, 0)
+                        self.trained, self.attempts[name] = self.trained + last - first, None
+                    elif (step := re.match(r"\[step ([\d,]+)", line)) and name in self.attempts:
+                        step = int(step[1].replace(",", ""))
+                        self.attempts[name] = (self.attempts[name] or (step,))[0], step
 
-        trained, started = ray.get(progress.snapshot.remote()) if progress is not None else (0, [])
-        now = self.last_time = time.monotonic()
-        while len(self.history) > 1 and self.history[1][0] <= now - self.window:
+    def line(self, results: dict) -> None:
+        self._read_logs()
+        trained = self.trained + sum(max((results.get(name, {}).get("steps") or span[1]) - span[0], 0)
+                                     for name, span in self.attempts.items() if span)
+        now = self.last = time.monotonic()
+        while len(self.history) > 1 and self.history[1][0] <= now - RATE_WINDOW:
             self.history.popleft()
         since, before = self.history[0]
-        rate = (trained - before) / max(now - since, 1e-9)
         self.history.append((now, trained))
-        done = sum(r["code"] == 0 for r in results.values())
-        stopped = sum(r["code"] == EXIT_INTERRUPTED for r in results.values())
-        failed = sum(r["code"] not in (0, EXIT_INTERRUPTED) for r in results.values())
-        running = len([name for name in started if name not in results])
-        waiting = total - done - failed - stopped - running
+        count = collections.Counter({0: "done", EXIT_INTERRUPTED: "stopped"}.get(result["code"], "failed")
+                                    for result in results.values())
+        running = sum(name not in results for name in self.attempts)
         elapsed = int(now - self.started)
-        self.line(f"[sweep {elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}] {done}/{total} done, "
-                  f"{running} running, {waiting} waiting, {failed} failed"
-                  + (f", {stopped} stopped" if stopped else "")
-                  + f" | {rate:,.0f} agent steps/s | {trained:,} steps this session")
+        self.say(f"[sweep {elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}] {count['done']}/"
+                 f"{self.total} done, {running} running, {self.total - len(results) - running} waiting, "
+                 f"{count['failed']} failed" + (f", {count['stopped']} stopped" if count["stopped"] else "")
+                 + f" | {(trained - before) / max(now - since, 1e-9):,.0f} agent steps/s | {trained:,} steps "
+                 "this session")
 
 
 def _summary(sweep: Sweep, out: Path, results: dict, stream) -> None:

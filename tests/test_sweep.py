@@ -90,7 +90,7 @@ def test_a_two_run_sweep_trains_both_runs_to_the_end(tmp_path, local_ray, capsys
     assert sweep_main([str(write_sweep(tmp_path, {"seed": [0, 1]})), "--out", str(out), "--progress-every", "1",
                        *NO_UPDATES]) == 0
     err = capsys.readouterr().err
-    assert "2/2 done, 0 running, 0 waiting, 0 failed" in err
+    assert "2/2 done, 0 running, 0 waiting, 0 failed" in err and "| 480 steps this session" in err
     for name in ("seed=0", "seed=1"):
         run = out / name
         _, state = load_latest(run / "checkpoints")
@@ -147,7 +147,10 @@ def test_a_killed_sweep_resumes_unfinished_runs_and_skips_finished_ones(tmp_path
     assert "2 runs, 1 finished earlier, 1 to train" in err
     assert files_and_mtimes(finished) == before  # not retrained, not even opened for writing
     assert load_latest(unfinished / "checkpoints")[1]["progress"]["global_step"] == 1600
-    assert attempts_started_at(out / "logs" / f"{unfinished.name}.log")[1] > 0  # resumed, not started over
+    resumed_at = attempts_started_at(out / "logs" / f"{unfinished.name}.log")[1]
+    assert resumed_at > 0  # resumed, not started over
+    # This session's steps: the resumed run's, from its checkpoint on.
+    assert "2/2 done, 0 running, 0 waiting, 0 failed" in err and f"| {1600 - resumed_at:,} steps this session" in err
     sessions = json.loads((out / "sweep.json").read_text())["sessions"]
     assert len(sessions) == 2 and sessions[1]["added"] == []
     assert sessions[1]["results"][finished.name]["status"] == "finished earlier"
