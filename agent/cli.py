@@ -230,6 +230,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from agent import sweep as sweeps
+    from agent import sweep_grid
 
     out = args.out or Path("runs") / args.sweep.stem
     try:
@@ -241,7 +242,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out {out} is a run directory; a sweep's runs go in a directory of their own, "
                               f"e.g. --out {out.parent / (out.name + '-sweep')}.")
         check_new_place(out, "--out")
-        sweep = sweeps.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
+        sweep = sweep_grid.load_sweep(args.sweep, args.overrides, args.num_cpus, args.num_gpus, args.max_retries)
         check_creatable(out, "--out")  # before Ray starts, and without leaving a folder behind
         started_ray = sweeps.connect(args.address, args.local_cpus)
     except ConfigError as exc:
@@ -252,7 +253,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     try:
         sweeps.check_resources(sweep, local=args.address is None)
         with sweeps.lock(out):
-            record = sweeps.write_record(out, sweep, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
+            record = sweep_grid.write_record(out, sweep, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
                                          args.address)
             return sweeps.run_sweep(sweep, out, record, args.progress_every)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     if path.name.startswith("sweep_"):  # a sweep file: a base config and a grid, every run of it must validate
-        from agent.sweep import load_sweep
+        from agent.sweep_grid import load_sweep
 
         assert len(load_sweep(path).runs) > 1
         return

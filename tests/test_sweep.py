@@ -14,6 +14,7 @@ import ray
 import yaml
 
 from agent import sweep as sweeps
+from agent import sweep_grid
 from agent.checkpoint import list_checkpoints, load_latest
 from agent.cli import sweep_main
 
@@ -122,7 +123,7 @@ def test_a_failed_run_is_reported_with_its_error(tmp_path, local_ray, capsys):
 def test_a_killed_sweep_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, local_ray, capsys):
     out = tmp_path / "out"
     sweep_file = write_sweep(tmp_path, {"seed": [0, 1]}, overrides=LONGER)
-    runs = {run.name: run.config for run in sweeps.load_sweep(sweep_file, TINY).runs}
+    runs = {run.name: run.config for run in sweep_grid.load_sweep(sweep_file, TINY).runs}
 
     def one_finished_one_checkpointed():
         finished = [name for name, config in runs.items() if sweeps.finished_steps(out / name, config)]
@@ -213,15 +214,15 @@ def test_a_bad_address_is_refused_with_the_fix(tmp_path, capsys, address, messag
 
 def test_a_grown_grid_appends_runs_and_a_changed_one_is_refused(tmp_path):
     out = tmp_path / "out"
-    first = sweeps.load_sweep(write_sweep(tmp_path, {"seed": [0, 1]}), TINY)
-    sweeps.write_record(out, first, ["ewc-sweep"], None)
-    grown = sweeps.load_sweep(write_sweep(tmp_path, {"seed": [0, 1, 2]}), [*TINY, "schedule.cycles=2"])
-    sweeps.write_record(out, grown, ["ewc-sweep"], None)  # cycles may change on resume: allowed
+    first = sweep_grid.load_sweep(write_sweep(tmp_path, {"seed": [0, 1]}), TINY)
+    sweep_grid.write_record(out, first, ["ewc-sweep"], None)
+    grown = sweep_grid.load_sweep(write_sweep(tmp_path, {"seed": [0, 1, 2]}), [*TINY, "schedule.cycles=2"])
+    sweep_grid.write_record(out, grown, ["ewc-sweep"], None)  # cycles may change on resume: allowed
     record = json.loads((out / "sweep.json").read_text())
     assert [run["name"] for run in record["runs"]] == ["seed=0", "seed=1", "seed=2"]
     assert [session["added"] for session in record["sessions"]] == [["seed=0", "seed=1"], ["seed=2"]]
-    with pytest.raises(sweeps.SweepError) as refused:
-        sweeps.write_record(out, sweeps.load_sweep(write_sweep(tmp_path, {"seed": [1, 2, 3]}),
+    with pytest.raises(sweep_grid.SweepError) as refused:
+        sweep_grid.write_record(out, sweep_grid.load_sweep(write_sweep(tmp_path, {"seed": [1, 2, 3]}),
                                                    [*TINY, "network.architecture=large"]), ["ewc-sweep"], None)
     message = str(refused.value)
     assert "seed=0: recorded, but no longer in the grid" in message
@@ -230,7 +231,7 @@ def test_a_grown_grid_appends_runs_and_a_changed_one_is_refused(tmp_path):
 
 
 def test_the_grid_expands_into_named_runs_with_their_share_of_the_machine(tmp_path):
-    sweep = sweeps.load_sweep(write_sweep(tmp_path, {"games": [["Breakout", "Pong"], ["Pong", "Breakout"]],
+    sweep = sweep_grid.load_sweep(write_sweep(tmp_path, {"games": [["Breakout", "Pong"], ["Pong", "Breakout"]],
                                                      "lambda": [1, 10]}, resources={"num_cpus": 2}), [])
     assert [run.name for run in sweep.runs] == ["games=Breakout-Pong,lambda=1", "games=Breakout-Pong,lambda=10",
                                                 "games=Pong-Breakout,lambda=1", "games=Pong-Breakout,lambda=10"]
@@ -238,8 +239,8 @@ def test_the_grid_expands_into_named_runs_with_their_share_of_the_machine(tmp_pa
     assert config.schedule.games == ["Pong", "Breakout"] and config.consolidation.lambda_ == 1
     assert (config.torch_threads, config.env.num_threads, config.device) == (2, 2, "cpu")
     assert not config.logging.progress_bar
-    with pytest.raises(sweeps.SweepError, match="consolidation.lambda is both in the grid and set for every run"):
-        sweeps.load_sweep(write_sweep(tmp_path, {"lambda": [1, 10]}), ["consolidation.lambda=5"])
+    with pytest.raises(sweep_grid.SweepError, match="consolidation.lambda is both in the grid and set for every run"):
+        sweep_grid.load_sweep(write_sweep(tmp_path, {"lambda": [1, 10]}), ["consolidation.lambda=5"])
 
 
 def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path, local_ray, capsys):
