@@ -29,7 +29,7 @@ class _Section(BaseModel):
     @classmethod
     def _whole_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """Integers written as 1e6, 5.0e6 or 5e+6: YAML reads them as strings or floats."""
-        if cls.model_fields[info.field_name].annotation is not int:
+        if cls.model_fields[info.field_name].annotation not in (int, int | None):
             return value
         if isinstance(value, str):
             try:
@@ -296,6 +296,50 @@ class LoggingConfig(_Section):
     """A progress bar; false (for log files): a status line every 30 s and at every visit, evaluation and switch."""
 
 
+class PlasticityConfig(_Section):
+    """Plasticity: diagnostics of what the network loses besides old games, and a method that restores it
+    (agent/plasticity.py, agent/plasticity_methods.py; see docs/plasticity.md)."""
+
+    every: int | None = 10_000
+    """Agent steps between diagnostics on held-out replayed states of the current task (also at every switch);
+    null turns them off. They draw from their own random stream: training is the same with or without them."""
+    states: int = Field(256, ge=16, le=4096)
+    """Held-out states each measurement samples from the current task's replay."""
+    taus: list[float] = [0.0, 0.1]
+    """Dormant thresholds on ReDo's score (a unit's mean |activation| over its layer's mean): 0 counts units that
+    never fire, 0.1 is ReDo's."""
+    method: Literal["none", "redo", "shrink_perturb", "reset"] = "none"
+    """none; redo: recycle dormant units every redo_every updates (Sokar et al. 2023); shrink_perturb: at every
+    switch, weights <- shrink * weights + perturb * a fresh initialisation (Ash & Adams 2020); reset: at every
+    switch, re-initialise the last reset_layers layers (Nikishin et al. 2022). Composes with consolidation."""
+    redo_every: int = Field(1_000, gt=0)
+    """Updates between ReDo's recycling (its paper: every 1,000 updates on Atari)."""
+    redo_tau: float = Field(0.1, ge=0)
+    """ReDo's dormant threshold for recycling."""
+    shrink: float = Field(0.8, ge=0, le=1)
+    """shrink_perturb's factor on the current weights."""
+    perturb: float = Field(0.2, ge=0, le=1)
+    """shrink_perturb's factor on a freshly initialised network's weights."""
+    reset_layers: int = Field(1, ge=1, le=5)
+    """reset: how many of the last weight layers are re-initialised (1: the Q head; 2: the head and the hidden
+    layer), their Adam moments zeroed."""
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, every: int | None) -> int | None:
+        if every is not None and every <= 0:
+            raise ValueError(f"must be a positive number of agent steps, got {every}; use null to turn the "
+                             "diagnostics off")
+        return every
+
+    @field_validator("taus")
+    @classmethod
+    def _taus(cls, taus: list[float]) -> list[float]:
+        if not taus or any(tau < 0 for tau in taus):
+            raise ValueError(f"must be one or more thresholds >= 0, got {taus}")
+        return taus
+
+
 class TrainConfig(_Section):
     seed: int = Field(0, ge=0, lt=2**63)
     """Seeds every random generator of the run (env seeds are derived from it)."""
@@ -319,6 +363,7 @@ class TrainConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+    plasticity: PlasticityConfig = PlasticityConfig()
 
     @field_validator("device")
     @classmethod

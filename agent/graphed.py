@@ -26,12 +26,12 @@ from agent.replay import Batch
 
 
 def eager_update(learner: DQNLearner, consolidator: Consolidator, batch: Batch,
-                 game: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One update; (TD loss, mean Q(s, a), penalty), detached device scalars."""
+                 game: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One update; (TD loss, mean Q(s, a), penalty, gradient norm before clipping), detached device scalars."""
     td_loss, q_mean = learner.td_loss(batch)
     penalty = consolidator.penalty(learner.online, current_game=game)
-    learner.apply(td_loss + penalty)
-    return td_loss.detach(), q_mean, penalty.detach()
+    grad_norm = learner.apply(td_loss + penalty)
+    return td_loss.detach(), q_mean, penalty.detach(), grad_norm.detach()
 
 
 class GraphedUpdate:
@@ -45,7 +45,7 @@ class GraphedUpdate:
         self.outputs: tuple[torch.Tensor, ...] = ()
         self.captures = 0
 
-    def __call__(self, batch: Batch, game: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: Batch, game: str) -> tuple[torch.Tensor, ...]:
         """One update, as `eager_update`; the returned tensors are overwritten by the next call."""
         # The graph bakes in the task's gains and biases in use at capture (network.task_params).
         key = (game, getattr(self.learner.online, "task", None), self.consolidator.version,

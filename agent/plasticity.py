@@ -17,10 +17,9 @@ of sample), with no gradient and no change to the network:
   changed, and the mean |dQ| over states and actions.
 
 The activations read are the outputs of the network's ReLUs, in order: `conv1`, `conv2`, `conv3`
-(the convolutions) and `fc` (the hidden layer, the penultimate features). `recycle_dormant` is
-ReDo's intervention on the weights; per-task gains and biases (network.task_params) are left as
-they are. The trainer does not call this module yet: the diagnostics' schedule, their TensorBoard
-tags and CSV, and `plasticity.method` are still to be wired (the plasticity issue).
+(the convolutions) and `fc` (the hidden layer, the penultimate features). The methods that act on
+the weights (ReDo, shrink-and-perturb, resets) are in agent/plasticity_methods.py; when the
+trainer measures and acts, in agent/plasticity_monitor.py.
 """
 
 from __future__ import annotations
@@ -138,55 +137,3 @@ def diagnose(network: nn.Module, states: torch.Tensor, initial: dict[str, torch.
     else:
         values["churn/greedy_changed"] = values["churn/mean_abs_dq"] = math.nan
     return values, q_values
-
-
-@torch.no_grad()
-def recycle_dormant(network: nn.Module, optimizer: torch.optim.Optimizer, states: torch.Tensor, tau: float,
-                    generator: torch.Generator | None = None) -> dict[str, int]:
-    """ReDo (Sokar et al. 2023): every hidden unit whose score on `states` is <= tau gets fresh incoming
-    weights (PyTorch's default initialisation, as the layers were built, and a zero bias), zero outgoing
-    weights (so the network's output does not change at the moment of recycling), and Adam's moments of
-    exactly those entries set to zero. Nothing else is touched. Returns the number recycled per layer.
-
-    The layers are the network's convolutions and linear layers in order; a unit of layer l is an output
-    channel (or unit) of l, and its outgoing weights are the matching input channel of l + 1 (for the
-    convolution before the first linear layer, the flattened block of that channel's positions)."""
-    if tau < 0:
-        raise ValueError(f"tau must be >= 0, got {tau}.")
-    activations, _ = hidden_activations(network, states)
-    layers = list(weight_layers(network).values())
-    state = getattr(optimizer, "state", {})
-    # Scores from one forward pass, before anything changes; all incoming weights first, then the outgoing
-    # ones, so a unit recycled in two adjacent layers still ends with zero weight between them.
-    plan = [(name, (unit_scores(activation) <= tau).nonzero().ravel(), layer, following)
-            for (name, activation), layer, following in zip(activations.items(), layers, layers[1:])]
-    for _, dormant, layer, _ in plan:
-        if dormant.numel():
-            fresh = torch.empty_like(layer.weight)
-            nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)  # PyTorch's default for both
-            layer.weight[dormant] = fresh[dormant].to(layer.weight.dtype)
-            _zero_moments(state.get(layer.weight), lambda t, d=dormant: t.__setitem__(d, 0))
-            if layer.bias is not None:
-                layer.bias[dormant] = 0.0
-                _zero_moments(state.get(layer.bias), lambda t, d=dormant: t.__setitem__(d, 0))
-    for _, dormant, layer, following in plan:
-        if dormant.numel():
-            columns = _outgoing_columns(dormant, layer, following)
-            following.weight[:, columns] = 0.0
-            _zero_moments(state.get(following.weight), lambda t, c=columns: t.__setitem__((slice(None), c), 0))
-    return {name: int(dormant.numel()) for name, dormant, _, _ in plan}
-
-
-def _outgoing_columns(dormant: torch.Tensor, layer: nn.Module, following: nn.Module) -> torch.Tensor:
-    """The input indices of `following` fed by the dormant units of `layer`."""
-    if isinstance(following, nn.Linear) and isinstance(layer, nn.Conv2d):
-        positions = following.in_features // layer.out_channels  # Flatten: channel-major blocks of positions
-        return (dormant[:, None] * positions + torch.arange(positions, device=dormant.device)).ravel()
-    return dormant
-
-
-def _zero_moments(param_state: dict | None, zero) -> None:
-    """Zero Adam's first and second moments (where the optimiser has them yet) at the recycled entries."""
-    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-        if param_state and key in param_state:
-            zero(param_state[key])

@@ -1,5 +1,5 @@
-"""The run's record as training writes it, behind one interface: TensorBoard scalars, eval.csv and
-contexts.csv rows, the console's lines and the end-of-run summary.
+"""The run's record as training writes it, behind one interface: TensorBoard scalars, eval.csv,
+contexts.csv and plasticity.csv rows, the console's lines and the end-of-run summary.
 
 The loop (agent/trainer.py) says what happened and when; this module says how it is written
 down. `rundir.py` owns the files themselves (their columns, atomic appends, and the cut-back a
@@ -20,6 +20,8 @@ from torch.utils.tensorboard import SummaryWriter
 from agent import rundir
 from agent.console import Console
 from agent.tasks import CONTEXTS_COLUMNS, context_of
+
+PLASTICITY_COLUMNS = ("step", "visit", "task", "event")  # then one column per diagnostic (agent/plasticity.py)
 
 
 class RunRecord:
@@ -64,6 +66,7 @@ class RunRecord:
             writer.add_scalar("losses/td_loss", stats["td_loss"], step)
             writer.add_scalar("losses/q_values", stats["q_values"], step)
             writer.add_scalar("losses/ewc_penalty", stats["penalty"], step)
+            writer.add_scalar("losses/grad_norm", stats["grad_norm"], step)  # before clipping
         writer.add_scalar("charts/sps", stats["sps"], step)
         writer.add_scalar("charts/epsilon", epsilon, step)
         writer.add_scalar("charts/game_index", game_index, step)
@@ -88,6 +91,21 @@ class RunRecord:
         for name, value in stats.items():
             self.writer.add_scalar(f"ewc/{key}/fisher_{name}", value, step)
         self.writer.add_scalar("ewc/consolidation_seconds", seconds, step)
+
+    def plasticity(self, step: int, visit: int, task: str, event: str, values: dict[str, float]) -> None:
+        """A measurement of the plasticity diagnostics: TensorBoard (plasticity/...) and a row of plasticity.csv."""
+        for name, value in values.items():
+            self.writer.add_scalar(f"plasticity/{name}", value, step)
+        rundir.append_rows(self.run_dir / "plasticity.csv", (*PLASTICITY_COLUMNS, *values),
+                           [[step, visit, task, event, *values.values()]])
+
+    def plasticity_method(self, step: int, method: str, values: dict[str, float]) -> None:
+        """A method that restores plasticity acted on the weights (ReDo's recycling, a shrink, a reset)."""
+        for name, value in values.items():
+            self.writer.add_scalar(f"plasticity/{method}/{name}", value, step)
+        if method != "redo":  # ReDo acts every redo_every updates: TensorBoard only
+            self.console.line(f"[step {step:,}] plasticity: {method} " + ", ".join(f"{k}={v:g}"
+                                                                                for k, v in values.items()))
 
     def context(self, step: int, visit: int, game: str, key: str, event: str, contexts: int) -> None:
         """A row of contexts.csv: a true switch (event `visit`) or an inferred change (`switch`, `new`)."""
@@ -151,8 +169,9 @@ class Window:
         self.count = 0
         self.time, self.step = now, step
 
-    def add_update(self, td_loss: torch.Tensor, q_mean: torch.Tensor, penalty: torch.Tensor) -> None:
-        values = [td_loss, q_mean, penalty]  # a CUDA graph's outputs: overwritten by the next update
+    def add_update(self, td_loss: torch.Tensor, q_mean: torch.Tensor, penalty: torch.Tensor,
+                   grad_norm: torch.Tensor) -> None:
+        values = [td_loss, q_mean, penalty, grad_norm]  # a CUDA graph's outputs: overwritten by the next update
         self.sums = [v.clone() for v in values] if self.sums is None else [a + b for a, b in zip(self.sums, values)]
         self.count += 1
 
@@ -161,8 +180,8 @@ class Window:
         self.sps = (step - self.step) / max(now - self.time, 1e-9)
         stats = {"sps": self.sps}
         if self.sums is not None:
-            td_loss, q_values, penalty = (float(s) / self.count for s in self.sums)
-            stats.update(td_loss=td_loss, q_values=q_values, penalty=penalty)
+            td_loss, q_values, penalty, grad_norm = (float(s) / self.count for s in self.sums)
+            stats.update(td_loss=td_loss, q_values=q_values, penalty=penalty, grad_norm=grad_norm)
         self._start(now, step)
         return stats
 

@@ -20,7 +20,8 @@ from agent.trainer import Trainer
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "torch_threads", "env.overlap",
                      "env.num_threads", "replay.storage", "dqn.cuda_graph",
-                     "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.")
+                     "logging.", "checkpoint.every", "checkpoint.keep", "consolidation.probe_every", "eval.",
+                     "plasticity.every", "plasticity.states")
 
 
 def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

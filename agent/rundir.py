@@ -1,5 +1,5 @@
-"""The run directory is the run's record: config, visit order, eval.csv (contexts.csv when the
-context is inferred) and TensorBoard events.
+"""The run directory is the run's record: config, visit order, eval.csv, plasticity.csv (contexts.csv
+when the context is inferred) and TensorBoard events.
 
 Every point is written once. A checkpoint records how many bytes of eval.csv and of each
 event file it covers (the writer is flushed first); a resume from it cuts the files back
@@ -31,8 +31,8 @@ from agent.config import ConfigError
 
 EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_return", "episodes", "human_normalized")
 # The names a run keeps; evaluate.py refuses to write over any of them.
-RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv", "contexts.csv")
-CSV_FILES = ("eval.csv", "contexts.csv")  # appended to; a checkpoint records their sizes
+RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv", "contexts.csv", "plasticity.csv")
+CSV_FILES = ("eval.csv", "contexts.csv", "plasticity.csv")  # appended to; checkpoints record their sizes
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
 WRITER_LOCK = ".writer.lock"  # held by the one process that writes the run (train, resume, a sweep's run)
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
@@ -98,7 +98,7 @@ def append_rows(path: Path, columns: tuple[str, ...], rows: list[list]) -> None:
 
 
 def record_sizes(run_dir: Path) -> dict[str, int]:
-    """Bytes of eval.csv, contexts.csv and every event file now: what a checkpoint taken now covers (the
+    """Bytes of the CSV files and every event file now: what a checkpoint taken now covers (the
     TensorBoard writer is flushed first)."""
     sizes = {name: _size(run_dir / name) for name in CSV_FILES}
     for path in _event_files(run_dir):

@@ -1,7 +1,7 @@
 """What a checkpoint holds: where the run is, its random streams and the agent's stateful parts.
 
 `RunState` builds the agent's parts from the config (network, learner, consolidator, retention
-probe, task keys, one replay buffer per task) and saves and restores them as one
+probe, plasticity monitor, task keys, one replay buffer per task) and saves and restores them as one
 (`state_dict` / `load_state_dict`), in the spirit of Dopamine's checkpointer: the loop in
 agent/trainer.py never lists them. Whether a config may resume a checkpoint is decided beside
 it, in agent/resume.py; writing the files atomically is agent/checkpoint.py's job.
@@ -22,6 +22,7 @@ from agent.config import TrainConfig
 from agent.consolidation import ONLINE, Consolidator
 from agent.dqn import DQNLearner, linear_epsilon
 from agent.networks import QNetwork
+from agent.plasticity_monitor import PlasticityMonitor
 from agent.probe import RetentionProbe
 from agent.replay import FrameReplay
 from agent.tasks import Tasks
@@ -95,6 +96,7 @@ class RunState:
         self.consolidator = Consolidator(cons.method, cons.lambda_, cons.fisher_estimator, cons.normalize,
                                          cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size)
         self.probe = RetentionProbe()
+        self.plasticity = PlasticityMonitor(config, self.network, self.learner.optimizer, device)
         self.replays: dict[str, FrameReplay] = {}
         self.progress = Progress(eval_due=True)  # a new run owes the untrained network's scores (step 0)
         self.visits = config.schedule.visits(config.seed)  # the game of each (cycle, game) visit, in order
@@ -151,6 +153,7 @@ class RunState:
             "consolidator": self.consolidator.state_dict(),
             "probe": self.probe.state_dict(),
             "tasks": self.tasks.state_dict(),
+            "plasticity": self.plasticity.state_dict(),
             "rng": self.random.state_dict(),
         }
         if self.config.checkpoint.replay:
@@ -164,6 +167,7 @@ class RunState:
         self.consolidator.load_state_dict(state["consolidator"], self.device)
         self.probe.load_state_dict(state["probe"])
         self.tasks.load_state_dict(state.get("tasks", {}))
+        self.plasticity.load_state_dict(state.get("plasticity"))
         if self.progress.task:  # a switch's consolidation may come before any step: the Fisher needs the task
             self.learner.set_task(self.tasks.index(self.progress.task))
         self.random.load_state_dict(state["rng"])

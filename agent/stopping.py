@@ -11,6 +11,7 @@ says what is kept and what to do next.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 import traceback
@@ -76,6 +77,13 @@ class StopSignals:
 
     def _note(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+
+
+def check_finite(stats: dict[str, float], step: int) -> None:
+    """Raise TrainingDiverged when the logged loss or Q-values are not finite."""
+    if stats.get("td_loss") is not None and not (math.isfinite(stats["td_loss"]) and math.isfinite(stats["q_values"])):
+        raise TrainingDiverged(f"Non-finite loss or Q-values at step {step} "
+                               f"(td_loss={stats['td_loss']}, q={stats['q_values']}).")
 
 
 def ending(exc: Exception, run_dir: Path, step: int) -> tuple[int, str]:

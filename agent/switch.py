@@ -7,6 +7,8 @@ task inference decides another context (`task_inference: fmn`). This module says
   replayed from the task being left and stores its anchor; the retention probe keeps the
   network's outputs on a sample of those states. A stop signal during the estimate restores the
   random streams as they were, so the resumed run redoes the same estimate exactly.
+- then the plasticity diagnostics on the task being left, and a method that acts at switches
+  (`plasticity.method`: shrink_perturb, reset; agent/plasticity_monitor.py).
 - `milestone(game)`: the network and the anchor just set, kept for ever in `milestones/`.
 - `begin_visit(game)` and `change_context(game)`: which task key the agent trains now (the game,
   or the inferred context), told to the learner (per-task gains and biases) and to contexts.csv.
@@ -82,6 +84,7 @@ class Switch:
         if cons.probe_states:
             states = torch.from_numpy(replay.sample_states(cons.probe_states, state.random.numpy))
             state.probe.snapshot(key, state.network, states)
+        state.plasticity.at_switch(step, state.progress.visit, key, replay, record)
 
     def _consolidate(self, key: str, replay: FrameReplay) -> dict[str, float]:
         state, cons = self.state, self.state.config.consolidation

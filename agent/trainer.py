@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from agent.stopping import (
     EXIT_INTERRUPTED,
     Interrupted,
     StopSignals,
-    TrainingDiverged,
+    check_finite,
     ending,
 )
 from agent.switch import Switch
@@ -213,6 +212,7 @@ class Trainer:
                 self.record.advance(n, self._window.postfix() if logged else None)
                 if _crossed(step_now, n, cfg.consolidation.probe_every):
                     self.record.retention(step_now, self.probe.measure(self.network, current_game=progress.task))
+                self.state.plasticity.after_step(step_now, n, progress.visit, progress.task, replay, self.record)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
                     self._end_visit()
                     break
@@ -233,11 +233,14 @@ class Trainer:
         if len(replay) < max(dqn.learning_starts, 1) and not replay.full:
             return
         progress.update_credit += new_steps / dqn.train_every
+        before = progress.updates
         while progress.update_credit >= 1:
             progress.update_credit -= 1
             batch = replay.sample(dqn.batch_size, self.rng, self.device)
             self._window.add_update(*self.update(batch, task))
             progress.updates += 1
+        self.state.plasticity.after_updates(progress.updates, progress.updates - before, replay, self.rng,
+                                            progress.global_step, self.record)
         if progress.global_step - progress.last_target_sync >= dqn.target_update_every:
             self.learner.sync_target()
             progress.last_target_sync = progress.global_step
@@ -258,10 +261,7 @@ class Trainer:
     def _log_scalars(self, epsilon: float, game_index: int) -> None:
         step = self.progress.global_step
         stats = self._window.flush(step)
-        if stats.get("td_loss") is not None and not (math.isfinite(stats["td_loss"])
-                                                      and math.isfinite(stats["q_values"])):
-            raise TrainingDiverged(f"Non-finite loss or Q-values at step {step} "
-                                   f"(td_loss={stats['td_loss']}, q={stats['q_values']}).")
+        check_finite(stats, step)
         self.record.training(step, stats, epsilon, game_index, self.progress.updates,
                              len(self.consolidator.active_anchors(self.progress.task)))
 

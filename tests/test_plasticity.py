@@ -128,7 +128,7 @@ def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
     incoming weights are re-drawn and biases zeroed, their outgoing weights (for conv3's channels: the
     flattened block of 49 positions) and Adam's moments there are zero; every other entry is as it was, and
     the Q-values do not move (the recycled units feed nothing yet)."""
-    from agent.plasticity import recycle_dormant
+    from agent.plasticity_methods import recycle_dormant
 
     torch.manual_seed(0)
     net = QNetwork(6)
@@ -187,3 +187,143 @@ def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
     assert torch.equal(params["net.9.bias"], before["net.9.bias"])  # the head's own units are never recycled
     with pytest.raises(ValueError, match="tau must be >= 0"):
         recycle_dormant(net, optimizer, states, tau=-1.0)
+
+
+# ------------------------------------------------------------------ shrink-and-perturb and resets
+
+
+def trained_network_and_adam(task_params=False):
+    torch.manual_seed(0)
+    net = QNetwork(6, num_tasks=2 if task_params else 0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    states = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(states).square().mean().backward()
+        optimizer.step()
+    return net, optimizer
+
+
+def default_init_draws(layers, seed):
+    """What PyTorch's default initialisation draws for each layer, in order (weight then bias), by hand."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for layer in layers:
+        weight = torch.empty_like(layer.weight)
+        torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        bias = None
+        if layer.bias is not None:
+            fan_in = layer.weight[0].numel()
+            bias = torch.empty_like(layer.bias).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in),
+                                                         generator=generator)
+        draws.append((weight, bias))
+    return draws
+
+
+@pytest.mark.parametrize("task_params", [False, True])
+def test_shrink_and_perturb_mixes_every_weight_with_a_fresh_draw_and_touches_nothing_else(task_params):
+    from agent.plasticity_methods import shrink_and_perturb
+
+    net, optimizer = trained_network_and_adam(task_params)
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    moments = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in net.named_parameters()}
+    shrink_and_perturb(net, 0.8, 0.2, generator=torch.Generator().manual_seed(5))
+    expected = {}
+    for layer, (weight, bias) in zip(layers, default_init_draws(layers, 5)):
+        expected[id(layer.weight)] = 0.8 * before_of(net, before, layer.weight) + 0.2 * weight
+        if bias is not None:
+            expected[id(layer.bias)] = 0.8 * before_of(net, before, layer.bias) + 0.2 * bias
+    for name, p in net.named_parameters():
+        if id(p) in expected:
+            assert torch.allclose(p, expected[id(p)], atol=1e-6), name
+        else:  # per-task gains and biases: as they were
+            assert torch.equal(p, before[name]), name
+        for key, value in optimizer.state[p].items():  # Adam's state is kept
+            assert torch.equal(value, moments[name][key])
+    if task_params:
+        assert any(id(p) not in expected for p in net.parameters())
+
+
+def before_of(net, before, parameter):
+    return next(before[name] for name, p in net.named_parameters() if p is parameter)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_reset_redraws_exactly_the_last_layers_and_zeroes_their_adam_moments(count):
+    from agent.plasticity_methods import reset_last_layers
+
+    net, optimizer = trained_network_and_adam()
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    moments = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in net.named_parameters()}
+    names = reset_last_layers(net, optimizer, count, generator=torch.Generator().manual_seed(3))
+    assert names == ["fc1", "fc2"][-count:]
+    reset = layers[-count:]
+    fresh = dict(zip((id(layer) for layer in reset), default_init_draws(reset, 3)))
+    for layer in layers:
+        for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
+            name = next(n for n, q in net.named_parameters() if q is p)
+            if id(layer) in fresh:
+                assert torch.equal(p, fresh[id(layer)][0 if kind == "weight" else 1]), name
+                assert all(optimizer.state[p][k].abs().sum() == 0 for k in ("exp_avg", "exp_avg_sq")), name
+            else:
+                assert torch.equal(p, before[name]), name
+                assert all(torch.equal(optimizer.state[p][k], moments[name][k]) for k in ("exp_avg", "exp_avg_sq"))
+
+
+# ------------------------------------------------------------------ wired into training
+
+
+def _train(run, extra):
+    from test_train import SMOKE, TINY
+
+    from agent.cli import train_main
+
+    return train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "eval.episodes=0",
+                       "plasticity.every=160", "plasticity.states=32", *extra])
+
+
+@pytest.mark.parametrize("method", ["none", "redo", "shrink_perturb", "reset"])
+def test_diagnostics_and_methods_survive_a_stop_and_resume_bit_for_bit(tmp_path, monkeypatch, method):
+    """A run stopped by SIGTERM right after its second measurement and resumed writes the same plasticity.csv,
+    TensorBoard points and final weights as the same run straight through; the diagnostics leave training
+    unchanged (the final weights of `none` match a run with them turned off)."""
+    import csv
+    import signal
+
+    from agent.checkpoint import load_latest
+    from agent.cli import train_main
+    from agent.plasticity_monitor import PlasticityMonitor
+
+    extra = [f"plasticity.method={method}", "plasticity.redo_every=20"]
+    assert _train(tmp_path / "straight", extra) == 0
+    original, calls = PlasticityMonitor.measure, []
+
+    def stop_after_the_second(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls.append(args[0])
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(PlasticityMonitor, "measure", stop_after_the_second)
+    assert _train(tmp_path / "stopped", extra) == 3
+    monkeypatch.setattr(PlasticityMonitor, "measure", original)
+    assert train_main(["--resume", str(tmp_path / "stopped")]) == 0
+    straight, stopped = ((tmp_path / name / "plasticity.csv").read_bytes() for name in ("straight", "stopped"))
+    assert straight == stopped
+    rows = list(csv.DictReader(open(tmp_path / "straight" / "plasticity.csv")))
+    # Every 160 agent steps and at the 2 switches (every 240), once where both fall on one step.
+    assert [(int(r["step"]), r["event"]) for r in rows] == [(160, "every"), (240, "switch"), (320, "every"),
+                                                           (480, "every")]
+    assert [r["task"] for r in rows][:3] == ["Breakout", "Breakout", "Pong"]
+    assert all(0 <= float(r["dormant_tau0.1/all"]) <= 1 and float(r["effective_rank"]) >= 1 for r in rows)
+    assert math.isnan(float(rows[0]["churn/greedy_changed"])) and 0 <= float(rows[-1]["churn/greedy_changed"]) <= 1
+    weights = [load_latest(tmp_path / name / "checkpoints")[1]["learner"]["online"] for name in ("straight", "stopped")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    if method == "none":
+        assert _train(tmp_path / "off", ["plasticity.every=null"]) == 0
+        assert not (tmp_path / "off" / "plasticity.csv").exists()
+        off = load_latest(tmp_path / "off" / "checkpoints")[1]["learner"]["online"]
+        assert all(torch.equal(weights[0][key], off[key]) for key in off)

@@ -142,7 +142,7 @@ def test_eager_update_steps_the_optimiser_on_the_penalty():
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     batch = Batch(states[:8], torch.zeros(8, dtype=torch.int64), torch.zeros(8), torch.zeros(8), states[8:16])
     expected_penalty = naive_penalty(consolidator.anchors, model, "B", 50.0)
-    _, _, penalty = eager_update(learner, consolidator, batch, "B")
+    _, _, penalty, _ = eager_update(learner, consolidator, batch, "B")
     assert penalty.item() == pytest.approx(expected_penalty, rel=1e-5) and expected_penalty > 0
     for name, p in model.named_parameters():
         g = 50.0 * fisher[name] * (before[name] - anchor[name])
