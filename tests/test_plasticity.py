@@ -123,6 +123,19 @@ def recycled_inputs(name, dormant):
     return {u * block + j for u in units for j in range(block)} if block else set(units)
 
 
+def trained_network_and_adam(task_params=False):
+    """A network and its Adam after three steps (every moment non-zero), and the states it trained on."""
+    torch.manual_seed(0)
+    net = QNetwork(6, num_tasks=2 if task_params else 0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    states = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(states).square().mean().backward()
+        optimizer.step()
+    return net, optimizer, states
+
+
 def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
     """Units switched off by hand (conv2 channels 3 and 7, hidden units 10-19) after a few Adam steps: their
     incoming weights are re-drawn and biases zeroed, their outgoing weights (for conv3's channels: the
@@ -130,14 +143,7 @@ def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
     the Q-values do not move (the recycled units feed nothing yet)."""
     from agent.plasticity_methods import recycle_dormant
 
-    torch.manual_seed(0)
-    net = QNetwork(6)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    states = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
-    for _ in range(3):
-        optimizer.zero_grad()
-        net(states).square().mean().backward()
-        optimizer.step()
+    net, optimizer, states = trained_network_and_adam()
     conv2, fc1 = net.net[2], net.net[7]
     with torch.no_grad():
         conv2.weight[[3, 7]] = 0.0
@@ -192,18 +198,6 @@ def test_redo_recycles_exactly_the_dormant_units_and_nothing_else():
 # ------------------------------------------------------------------ shrink-and-perturb and resets
 
 
-def trained_network_and_adam(task_params=False):
-    torch.manual_seed(0)
-    net = QNetwork(6, num_tasks=2 if task_params else 0)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    states = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
-    for _ in range(3):
-        optimizer.zero_grad()
-        net(states).square().mean().backward()
-        optimizer.step()
-    return net, optimizer
-
-
 def default_init_draws(layers, seed):
     """What PyTorch's default initialisation draws for each layer, in order (weight then bias), by hand."""
     generator = torch.Generator().manual_seed(seed)
@@ -224,7 +218,7 @@ def default_init_draws(layers, seed):
 def test_shrink_and_perturb_mixes_every_weight_with_a_fresh_draw_and_touches_nothing_else(task_params):
     from agent.plasticity_methods import shrink_and_perturb
 
-    net, optimizer = trained_network_and_adam(task_params)
+    net, optimizer, _ = trained_network_and_adam(task_params)
     layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     moments = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in net.named_parameters()}
@@ -253,7 +247,7 @@ def before_of(net, before, parameter):
 def test_reset_redraws_exactly_the_last_layers_and_zeroes_their_adam_moments(count):
     from agent.plasticity_methods import reset_last_layers
 
-    net, optimizer = trained_network_and_adam()
+    net, optimizer, _ = trained_network_and_adam()
     layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     moments = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in net.named_parameters()}
