@@ -482,9 +482,41 @@ def bench_signals(args) -> list[tuple]:
     return rows
 
 
+def bench_plasticity(args) -> list[tuple]:
+    """What the plasticity diagnostics cost: one measurement, and training with them against without."""
+    import types
+
+    config = _end_to_end_config(args, args.envs[0], "fp32")
+    off = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=("plasticity.every=null",)))
+    steps, _ = _end_to_end_steps(args)
+    often = max(steps // 8, 1)  # several measurements in one steady-state run
+    on = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(f"plasticity.every={often}",)))
+    label = f"end-to-end agent steps/s, {args.device}, {args.envs[0]} envs, fp32, 1 update / 4 steps, steady state"
+    rows = [(label, f"diagnostics every {often:,} agent steps", on, "diagnostics off (plasticity.every=null)", off)]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp))
+        replay = trainer.state.replay(GAME)
+        n = config.env.num_envs
+        for _ in range(4000 // n):
+            frames = rng.integers(0, 256, (n, 4, 84, 84), dtype=np.uint8)
+            replay.add(frames, rng.integers(18, size=n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), frames)
+        monitor, record = trainer.state.plasticity, types.SimpleNamespace(plasticity=lambda *row: None)
+        steps_done = iter(range(1, 10**9))
+        seconds = median_time(lambda: monitor.measure(next(steps_done), 0, GAME, "every", replay, record),
+                              args.repeats)
+    every = type(config.plasticity)().every  # the default interval
+    per_interval_off = every / off
+    rows.append((f"training seconds per {every:,} agent steps (the default plasticity.every), {args.device}",
+                 f"with one measurement ({config.plasticity.states} states, {seconds * 1000:.0f} ms)",
+                 per_interval_off + seconds, "without diagnostics (same run)", per_interval_off))
+    return rows
+
+
 BENCHES = {"env": bench_env, "learner": bench_learner, "end_to_end": bench_end_to_end, "replay": bench_replay,
            "fisher": bench_fisher, "penalty": bench_penalty, "checkpoint": bench_checkpoint,
-           "signals": bench_signals, "threads": bench_threads, "memory": bench_memory, "tasks": bench_tasks}
+           "signals": bench_signals, "threads": bench_threads, "memory": bench_memory, "tasks": bench_tasks,
+           "plasticity": bench_plasticity}
 
 
 def main() -> None:
