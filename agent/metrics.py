@@ -152,7 +152,8 @@ class EvalLog:
 
 
 def read_run(run_dir: Path) -> EvalLog:
-    """A run directory's eval.csv, with its config's visit length and consolidation method."""
+    """A run directory's eval.csv, with its config's visit length and method (consolidation.method, with
+    `+plasticity.method` when it is not none)."""
     steps_per_visit = method = None
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
@@ -160,6 +161,9 @@ def read_run(run_dir: Path) -> EvalLog:
             config = yaml.safe_load(config_path.read_text()) or {}
             steps_per_visit = config.get("schedule", {}).get("steps_per_visit")
             method = config.get("consolidation", {}).get("method")
+            plasticity = (config.get("plasticity") or {}).get("method")
+            if method and plasticity and plasticity != "none":  # e.g. ewc+redo: its own group in a report
+                method = f"{method}+{plasticity}"
         except (yaml.YAMLError, AttributeError) as exc:
             raise MetricsError(f"{config_path} is not a run's config: {exc}") from None
     if not run_dir.is_dir():

@@ -198,3 +198,38 @@ def test_report_on_what_is_not_a_run(tmp_path, cyclic, capsys):
     assert report_main([str(cyclic), "--out", str(tmp_path / "r0"), "--until-step", "0"]) == 0
     assert "no finished visit by step 0: no matrix" in capsys.readouterr().err
     assert not list((tmp_path / "r0").glob("matrix_*.png"))
+
+
+def test_report_adds_plasticity_at_the_end_of_each_visit_and_groups_by_plasticity_method(tmp_path):
+    """plasticity.csv (as training writes it, churn empty at the first measurement) gives metrics.json the
+    last row of each visit, the whole network's distance from its initialisation, and plasticity.png; a run
+    with plasticity.method redo is its own group beside its consolidation method's."""
+    import csv
+    import json
+
+    columns = ["step", "visit", "task", "event", "dormant_tau0.1/all", "effective_rank", "weight_distance/conv1",
+               "weight_distance/fc1", "churn/greedy_changed"]
+    rows = [[50, 0, "A", "every", 0.5, 3.0, 3.0, 4.0, ""], [100, 0, "A", "switch", 0.4, 2.5, 6.0, 8.0, 0.25],
+            [150, 1, "B", "every", 0.3, 2.0, 0.0, 1.0, 0.5], [200, 1, "B", "switch", 0.2, 1.5, 5.0, 12.0, 0.75]]
+    runs = []
+    for name, plasticity in (("plain", None), ("redo", "redo")):
+        run = write_run(tmp_path / name, eval_csv("ABCABC"))
+        if plasticity:
+            with open(run / "config.yaml", "a") as handle:
+                handle.write(f"plasticity:\n  method: {plasticity}\n")
+        with open(run / "plasticity.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([columns, *rows])
+        runs.append(run)
+    assert report_main([*map(str, runs), "--out", str(tmp_path / "report"), "--no-aggregates"]) == 0
+    metrics = {m["run"]: m for m in json.loads((tmp_path / "report" / "metrics.json").read_text())}
+    assert metrics["plain"]["group"] == "ewc" and metrics["redo"]["group"] == "ewc+redo"
+    ends = metrics["redo"]["plasticity"]["end_of_visit"]
+    assert [(e["visit"], e["task"], e["step"]) for e in ends] == [(0, "A", 100), (1, "B", 200)]
+    assert ends[0]["dormant_tau0.1/all"] == 0.4 and ends[1]["churn/greedy_changed"] == 0.75
+    assert ends[0]["weight_distance/all"] == pytest.approx(10.0) and ends[1]["weight_distance/all"] == 13.0
+    assert (tmp_path / "report" / "plasticity.png").stat().st_size > 10_000
+    first = json.loads((tmp_path / "report" / "metrics.json").read_text())[0]
+    assert first["plasticity"]["end_of_visit"][0]["effective_rank"] == 2.5
+    assert report_main([str(runs[0]), "--out", str(tmp_path / "until"), "--until-step", "120", "--no-plots"]) == 0
+    until = json.loads((tmp_path / "until" / "metrics.json").read_text())["plasticity"]["end_of_visit"]
+    assert [e["step"] for e in until] == [100]
