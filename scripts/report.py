@@ -40,14 +40,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np
 
-from agent.config import ConfigError  # noqa: E402
-from agent.metrics import SCALES, EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run  # noqa: E402
-from agent.plasticity_log import PlasticityLog  # noqa: E402
-from agent.report_plots import matrix_range, plot_curves, plot_matrix, plot_plasticity, plot_profiles  # noqa: E402
-from agent.rundir import check_creatable, holds_run, owned_by_run  # noqa: E402
-from agent.tasks import task_inference_summary  # noqa: E402
+    from agent.config import ConfigError
+    from agent.metrics import SCALES, EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run
+    from agent.plasticity_log import PlasticityLog
+    from agent.report_plots import matrix_range, plot_curves, plot_matrix, plot_plasticity, plot_profiles
+    from agent.rundir import check_creatable, holds_run, owned_by_run
+    from agent.tasks import task_inference_summary
+except KeyboardInterrupt:  # Ctrl-C while Python was still importing: nothing was written
+    print("Interrupted while starting: nothing was written.", file=sys.stderr)
+    sys.exit(130)
 
 EXTRA_HINT = "pip install -e '.[report]'"
 

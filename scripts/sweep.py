@@ -10,11 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from agent.cli import sweep_main
-except KeyboardInterrupt:  # Ctrl-C while Python was still importing: nothing was started
-    print("Interrupted while starting: nothing was written.", file=sys.stderr)
-    sys.exit(130)
+from agent.entry import sweep  # noqa: E402  (light: Ctrl-C while the rest loads is one line)
 
 if __name__ == "__main__":
-    sys.exit(sweep_main())
+    sys.exit(sweep())

@@ -77,8 +77,9 @@ def test_run_dir_under_a_read_only_directory(tmp_path, capsys, monkeypatch):
 
 # 2. Evaluation settings ale-py would crash on.
 @pytest.mark.parametrize("option, value, message", [
-    ("--num-envs", "0", "--num-envs must be positive, got 0"),
-    ("--num-envs", "-2", "--num-envs must be positive, got -2"),
+    ("--num-envs", "0", "--num-envs must be in 1..1024, got 0"),
+    ("--num-envs", "-2", "--num-envs must be in 1..1024, got -2"),
+    ("--num-envs", "4096", "--num-envs must be in 1..1024, got 4096"),
     ("--seed", "-1", "--seed must not be negative, got -1"),
 ])
 def test_evaluate_refuses_bad_settings(run_dir, capsys, option, value, message):
@@ -248,6 +249,7 @@ def test_resume_of_a_missing_or_empty_directory(tmp_path, capsys):
     ("epsilon.start=0.005", ["epsilon.start (0.005) is below epsilon.end (0.01)", "Swap them"]),
     ("eval.every=1", ["eval.every (1) evaluates more than 100 times per visit of 1000 steps", "Raise eval.every"]),
     ("env.num_envs=4096", ["env.num_envs", "1024"]),
+    ("eval.num_envs=4096", ["eval.num_envs", "1024"]),
 ])
 def test_slips_in_overrides_are_refused_before_the_run_exists(tmp_path, capsys, override, phrases):
     run = tmp_path / "r"
@@ -275,11 +277,11 @@ def test_cuda_on_a_cpu_only_machine_leaves_no_run_directory(tmp_path, capsys):
     assert not run.exists()
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "sweep.py"])
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "sweep.py", "report.py", "entry:train"])
 def test_ctrl_c_while_starting_is_one_line_not_a_traceback(script, tmp_path):
-    """SIGINT as torch starts to be imported (an import hook sends it: no timing involved), with Python's own
+    """SIGINT as numpy starts to be imported (an import hook sends it: no timing involved), with Python's own
     Ctrl-C handler installed as in a terminal (a test runner's worker may ignore SIGINT, and children inherit
-    that)."""
+    that). `entry:train` is what the installed ewc-train runs."""
     import subprocess
     import sys
 
@@ -287,12 +289,14 @@ def test_ctrl_c_while_starting_is_one_line_not_a_traceback(script, tmp_path):
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "class Interrupt:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name == 'torch':\n"
+            "        if name == 'numpy':\n"
             "            os.kill(os.getpid(), signal.SIGINT)\n"
             "        return None\n"
             "sys.meta_path.insert(0, Interrupt())\n"
-            f"sys.argv = [{str(ROOT / 'scripts' / script)!r}, '--help']\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+            + (f"sys.argv = [{str(ROOT / 'scripts' / script)!r}, '--help']\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n" if script.endswith(".py") else
+               f"sys.path.insert(0, {str(ROOT)!r})\nsys.argv = ['ewc-train', '--help']\n"
+               "from agent.entry import train\nsys.exit(train())\n"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "Interrupted" in done.stderr
