@@ -75,3 +75,7 @@ def test_an_unwritable_output_is_refused_before_anything_is_played(run_dir, tmp_
     blocked.write_text("")
     assert evaluate_main(["--checkpoint", str(run_dir), "--output", str(blocked / "r.json")]) == 2
     assert "is a file" in capsys.readouterr().err
+    folder = tmp_path / "results"
+    folder.mkdir()
+    assert evaluate_main(["--checkpoint", str(run_dir), "--output", str(folder)]) == 2
+    assert f"{folder} is a directory; give a file name" in capsys.readouterr().err

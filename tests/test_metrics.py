@@ -233,3 +233,24 @@ def test_report_adds_plasticity_at_the_end_of_each_visit_and_groups_by_plasticit
     assert report_main([str(runs[0]), "--out", str(tmp_path / "until"), "--until-step", "120", "--no-plots"]) == 0
     until = json.loads((tmp_path / "until" / "metrics.json").read_text())["plasticity"]["end_of_visit"]
     assert [e["step"] for e in until] == [100]
+
+
+def test_report_slips_without_a_test_until_now(tmp_path, cyclic, capsys):
+    """Malformed rows with --group none, a budget before every evaluation, several runs' default output and
+    runs that share no folder: each an exit 2 (or the default place), and nothing written where refused."""
+    out = tmp_path / "out"
+    mixed = write_run(tmp_path / "mixed", HEADER + "0,0,A,A,1,0,1,\n100,0,B,A,1,0,1,\n")
+    assert report_main([str(mixed), "--out", str(out), "--group", "none", "--no-plots"]) == 2
+    assert "the rows of visit 0 name ['A', 'B'] as the game trained" in capsys.readouterr().err
+    broken = write_run(tmp_path / "broken", HEADER + "0,0,A,A,1,0,1,\nx,0,A,A,1,0,1,\n")
+    assert report_main([str(broken), "--out", str(out), "--group", "none", "--no-plots"]) == 2
+    assert "has a malformed row" in capsys.readouterr().err
+    late = write_run(tmp_path / "late", eval_csv("ABCABC").replace("\n0,", "\n5,"))  # first evaluation at step 5
+    assert report_main([str(late), "--out", str(out), "--until-step", "2", "--no-plots"]) == 2
+    assert "has no evaluation at or before step 2" in capsys.readouterr().err
+    assert not out.exists()
+    other = write_run(tmp_path / "b" / "other", eval_csv("ABCABC"))
+    assert report_main([str(cyclic), str(other), "--no-plots", "--no-aggregates"]) == 0
+    assert (tmp_path / "report" / "metrics.json").is_file()  # beside both runs: their common folder
+    assert report_main([str(cyclic), "/proc/self", "--no-plots"]) == 2
+    assert "the runs share no folder but /: give --out" in capsys.readouterr().err
