@@ -10,6 +10,7 @@ everything logged before it belongs to it.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from pathlib import Path
 
@@ -95,9 +96,10 @@ class RunRecord:
     def plasticity(self, step: int, visit: int, task: str, event: str, values: dict[str, float]) -> None:
         """A measurement of the plasticity diagnostics: TensorBoard (plasticity/...) and a row of plasticity.csv."""
         for name, value in values.items():
-            self.writer.add_scalar(f"plasticity/{name}", value, step)
+            if math.isfinite(value):  # churn has no value at the first measurement: no point, an empty cell
+                self.writer.add_scalar(f"plasticity/{name}", value, step)
         rundir.append_rows(self.run_dir / "plasticity.csv", (*PLASTICITY_COLUMNS, *values),
-                           [[step, visit, task, event, *values.values()]])
+                           [[step, visit, task, event, *(v if math.isfinite(v) else "" for v in values.values())]])
 
     def plasticity_method(self, step: int, method: str, values: dict[str, float]) -> None:
         """A method that restores plasticity acted on the weights (ReDo's recycling, a shrink, a reset)."""

@@ -98,10 +98,15 @@ def test_anchors_milestones_and_checkpoint_sizes(soak):
     per_env = len(GAMES) * ENVS * (8 + 8 + 1)  # cursor, written, open
     assert replay_bytes == slots * SLOT_BYTES + per_env
     # Documented in docs/long-runs.md ("Checkpoints"): replay slots x 7,064 B plus about 8 copies of the network
-    # (online, target, Adam's two moments, and two per anchor: its centre and its Fisher).
+    # (online, target, Adam's two moments, and two per anchor: its centre and its Fisher), the probe's states,
+    # and the plasticity monitor's initial weights and its last measurement's states (uint8) and Q-values.
     anchors = len(GAMES)
     probe_bytes = sum(t.numel() * t.element_size() for s in state["probe"]["snapshots"].values() for t in s.values())
-    expected = replay_bytes + network_bytes * (4 + 2 * anchors) + probe_bytes
+    monitor = state["plasticity"]
+    weights = sum(t.numel() * t.element_size() for t in monitor["initial"].values())
+    assert weights <= network_bytes and monitor["previous_states"].shape == (256, 4, 84, 84)
+    plasticity_bytes = weights + 256 * 4 * 84 * 84 + monitor["previous_q"].numel() * 4
+    expected = replay_bytes + network_bytes * (4 + 2 * anchors) + probe_bytes + plasticity_bytes
     assert expected <= path.stat().st_size <= expected * 1.02 + 2**20
     for milestone in milestones:
         assert milestone.stat().st_size <= 2 * network_bytes * 1.02 + 2**20
