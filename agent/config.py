@@ -267,6 +267,9 @@ class ConsolidationConfig(_Section):
     """online_ewc: decay of the running Fisher (F <- gamma F + F_new)."""
     min_steps_to_protect: int = Field(0, ge=0)
     """A game gets an anchor only after this many agent steps on it (the paper: 5M)."""
+    full_strength_steps: int = Field(0, ge=0)
+    """An anchor's importance is scaled by min(1, agent steps trained on its task / this): a task trained briefly
+    (an inferred context that lasted a short while) is held in proportion. 0: every anchor at full strength."""
     probe_states: int = Field(512, ge=0)
     """Held-out replayed states per game for the retention probe (0 turns it off)."""
     probe_every: int = Field(10_000, gt=0)
