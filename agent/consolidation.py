@@ -41,7 +41,7 @@ Tensors = dict[str, torch.Tensor]
 class Consolidator:
     def __init__(self, method: str = "ewc", lambda_: float = 400.0, estimator: str = "expected",
                  normalize: str = "none", online_gamma: float = 1.0, min_steps_to_protect: int = 0,
-                 fisher_batch_size: int = 32):
+                 fisher_batch_size: int = 32, full_strength_steps: int = 0):
         if method not in METHODS:
             raise ValueError(f"Unknown consolidation method {method!r}: use one of {METHODS}.")
         if normalize not in NORMALIZATIONS:
@@ -53,6 +53,7 @@ class Consolidator:
         self.online_gamma = online_gamma
         self.min_steps_to_protect = min_steps_to_protect
         self.fisher_batch_size = fisher_batch_size
+        self.full_strength_steps = full_strength_steps  # 0: every anchor at full strength (the paper)
         # key (a game, or ONLINE) -> {"params": theta*, "importance": F}
         self.anchors: dict[str, dict[str, Tensors]] = {}
         self._combined: tuple[str | None, Tensors, Tensors, float] | None = None
@@ -86,6 +87,10 @@ class Consolidator:
             importance = estimate_fisher(model, states, self.estimator, per_sample_loss,
                                          self.fisher_batch_size, generator, poll)
             importance = self._normalized(importance)
+        if self.full_strength_steps and steps_trained is not None and steps_trained < self.full_strength_steps:
+            # A task trained briefly (an inferred context that lasted a short while) weighs in proportion.
+            share = steps_trained / self.full_strength_steps
+            importance = {name: value * share for name, value in importance.items()}
         stats = fisher_statistics(importance) if self.method != "l2" else {}
         if self.method == "online_ewc":
             previous = self.anchors.get(ONLINE)

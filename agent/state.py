@@ -94,7 +94,8 @@ class RunState:
                                   dqn.huber_delta, dqn.max_grad_norm, dqn.clip_rewards, dqn.precision,
                                   capturable=capturable)
         self.consolidator = Consolidator(cons.method, cons.lambda_, cons.fisher_estimator, cons.normalize,
-                                         cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size)
+                                         cons.online_gamma, cons.min_steps_to_protect, cons.fisher_batch_size,
+                                         cons.full_strength_steps)
         self.probe = RetentionProbe()
         self.plasticity = PlasticityMonitor(config, self.network, self.learner.optimizer, device)
         self.replays: dict[str, FrameReplay] = {}

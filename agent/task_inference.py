@@ -1,47 +1,45 @@
 """Which task is this? Forget-Me-Not context inference from the frames alone.
 
 Kirkpatrick et al. (2017, supplementary) let EWC run without task labels by inferring the task with the
-Forget-Me-Not process (Milan et al. 2016): the task context is the hidden state of an HMM, and each context
-has a Dirichlet-multinomial generative model of the pixels of downsampled frames. Frames come in windows of
-`window` observations; on each window the context with the highest posterior keeps the window in its counts
-and the others stay as they were. A held-out uniform model competes too: when it wins, the window starts a
-new context. The trainer feeds frames with `observe` and uses the decided context in place of the game label.
+Forget-Me-Not process (Milan et al. 2016), simplified to a "flat FMN": the task context is the hidden state
+of an HMM; each context has a Dirichlet-multinomial model of the pixels of downsampled frames; frames come
+in windows of `window` observations; on each window the most probable context keeps the window in its
+counts and the others stay as they were (they "revert"). A held-out model competes too: an uninitialised
+Dirichlet-multinomial (no counts yet) scored with the same Polya predictive as every context, the window's
+earlier frames included. When it wins, the window starts a new context.
 
-Choices made here:
+The paper's parts, as above. This project's choices, each measured on recorded random play of CORA's six
+games and of a second, disjoint set of six (scripts/fmn_frames.py; the figures are in docs/full-agent.md):
+
 - Frames: 84x84 uint8 -> `size` x `size` by 2x2 mean pooling (frames already `size` x `size` are taken as
   they are), then `levels` gray levels, value * levels // 256 (in integers: sum of the 4 pixels * levels // 1024).
-- Pixels are independent given the context. Context k scores a window with the Polya (Dirichlet-multinomial)
-  predictive: each frame, one after another, gets (n_k[p, x] + alpha) / (N_k[p] + levels * alpha) per pixel p,
-  with the window's earlier frames added to the counts. A window's score is thus its marginal likelihood given
-  the context's past counts. The uniform model scores levels^-1 per pixel and frame.
+- Pixels are independent given the context. Context k scores a window with the Polya predictive: each frame,
+  one after another, gets (n_k[p, x] + alpha) / (N_k[p] + levels * alpha) per pixel p, with the window's
+  earlier frames added to the counts; the held-out model is the same with n = 0.
+- Tempering: a window's log-likelihoods are multiplied by `evidence_scale` before the HMM combines them with
+  its prior. With thousands of pixel-frames per window, raw differences of hundreds to tens of thousands of
+  nats decide every window by maximum likelihood alone; scaled, the switch prior and the margin matter.
 - HMM filtering, one step per window. From the filtered posterior post over the K existing contexts, the
   task stays with probability 1 - s, or switches with probability s spread evenly over the K other
   hypotheses (K - 1 other contexts and a new one): prior_k = (1 - s) post_k + s (1 - post_k) / K and
-  prior_new = s / K. The switch probability decays with the time spent in the current context:
-  s = switch_prior / (1 + windows since the decided context last changed). With 4 x 1764 pixel-frames per
-  window the likelihoods differ by hundreds to thousands of nats, so the posterior is nearly one-hot and the
-  prior only tips near-ties: that is expected. The posterior is renormalised (log-sum-exp) after every
-  window and every prior is at least s / K > 0, so it stays finite and bounded however long the run.
-- The winner is the argmax of the posterior. The new-context hypothesis wins only if it beats the best
-  existing context by `new_context_margin` nats (0 by default; raise it if noise creates contexts). With
-  `max_contexts` contexts already, a window the new hypothesis would win goes to the best existing context,
-  and the new hypothesis's mass is dropped from the posterior.
-- Counts are int64 and never grow without bound: when a pixel's total N_k[p] passes `max_count`, that
-  pixel's counts are halved (integer division). A context thus weighs roughly its last max_count/2 to
-  max_count frames at full weight and older ones exponentially less, so it stays able to adapt, while an
-  unseen gray level still costs about log(alpha / max_count) ~ -7 nats per pixel against the uniform model's
-  -log(levels) ~ -2: a switch stays loud however long a context has been trained.
+  prior_new = s / K, with s = switch_prior / (1 + windows since the decided context last changed). The
+  posterior is renormalised (log-sum-exp) after every window, so it stays finite however long the run.
+- The new-context hypothesis wins only if it beats the best existing context by `new_context_margin` (in the
+  same tempered units). With `max_contexts` contexts already, a window the new hypothesis would win goes to
+  the best existing context.
+- Persistence: a change of context is decided only when `persist` consecutive windows prefer the same other
+  context (or, for a new one, the context those windows start). Meanwhile the decided context stays; the
+  pending windows are kept aside (a new context being tried holds them already, so later windows are scored
+  against it). If the change does not persist, the pending windows go to the decided context and a context
+  they started is removed: a flash of odd frames makes no context and no switch.
+- Counts are float64 and decay: when a context's per-pixel total passes `max_count`, every count of it is
+  scaled by max_count / total. A context thus weighs about its last max_count frames, older ones
+  exponentially less, and a rare gray level fades instead of being deleted by integer halving.
 - No randomness: ties go to the lowest context id. `state_dict` holds numpy arrays and Python scalars only
-  and resumes bit for bit, the partial window included.
+  and resumes bit for bit, the partial window and the pending change included.
 
-What it cannot do, by construction: a new context is created only where the uniform model beats the best
-existing one, i.e. where roughly a quarter to a third or more of the pooled pixels show gray levels that
-context rarely saw. Games on the same black background can share a context: on random play of the CORA
-cycle (400 frames a game, twice round), alpha = 0.5 put SpaceInvaders, StarGunner, most of BeamRider and
-Krull's revisit in one context; alpha = 0.05 separated all but SpaceInvaders and StarGunner (93% of their
-pooled pixels share their usual level), at the price of two contexts for Krull (its opening frames differ)
-and a few short-lived ones inside BeamRider. Pong and Breakout separate at either alpha. A window that
-straddles a switch half and half fits no context well and may start a context that nothing returns to.
+What it cannot do, by construction: games whose pooled frames are mostly the same gray levels (a black
+background with small sprites) can share a context; the measured overlap is in docs/full-agent.md.
 
 numpy only; knows nothing about the agent or the environments.
 """
@@ -54,9 +52,11 @@ import numpy as np
 
 
 class ForgetMeNot:
+    MODEL = "flat-fmn-v2"  # v1 (before): a uniform held-out model and integer counts halved past max_count
+
     def __init__(self, levels: int = 8, window: int = 4, size: int = 42, alpha: float = 0.5,
                  switch_prior: float = 0.1, max_contexts: int = 16, new_context_margin: float = 0.0,
-                 max_count: int = 1000):
+                 max_count: int = 1000, evidence_scale: float = 1.0, persist: int = 1):
         if not 2 <= levels <= 256:
             raise ValueError(f"levels must be in [2, 256], got {levels}.")
         if window < 1:
@@ -70,19 +70,23 @@ class ForgetMeNot:
         if max_contexts < 1:
             raise ValueError(f"max_contexts must be at least 1, got {max_contexts}.")
         if not new_context_margin >= 0:
-            raise ValueError(f"new_context_margin must be >= 0 (nats), got {new_context_margin}.")
+            raise ValueError(f"new_context_margin must be >= 0, got {new_context_margin}.")
         if max_count < window:
             raise ValueError(f"max_count must be at least the window ({window}), got {max_count}.")
+        if not evidence_scale > 0:
+            raise ValueError(f"evidence_scale must be positive, got {evidence_scale}.")
+        if persist < 1:
+            raise ValueError(f"persist must be at least 1 window, got {persist}.")
         self.levels, self.window, self.size, self.alpha = levels, window, size, float(alpha)
         self.switch_prior, self.max_contexts = float(switch_prior), max_contexts
         self.new_context_margin, self.max_count = float(new_context_margin), max_count
+        self.evidence_scale, self.persist = float(evidence_scale), persist
         pixels = size * size
         self._pixel_offsets = np.arange(pixels, dtype=np.int64) * levels  # flat index of (pixel, level 0)
         # The gray level of a 2x2 block from the sum of its 4 pixels: mean * levels // 256.
         self._pooled_levels = (np.arange(4 * 255 + 1) * levels // 1024).astype(np.uint8)
-        self.counts = np.zeros((0, pixels, levels), dtype=np.int64)  # n[k, pixel, level]
-        self._totals = np.zeros((0, pixels), dtype=np.int64)  # N[k, pixel]: derived from counts
-        self._window_normalizers = np.zeros(0)  # derived from the totals: the Polya denominators of a window
+        self.counts = np.zeros((0, pixels, levels), dtype=np.float64)  # n[k, pixel, level]
+        self._totals = np.zeros(0)  # N[k]: frames counted per pixel (the same for every pixel), after decay
         self.log_posterior = np.zeros(0, dtype=np.float64)  # filtered, over the existing contexts
         self._context: int | None = None
         self.windows_since_switch = 0
@@ -90,6 +94,9 @@ class ForgetMeNot:
         self.frames_observed = 0  # frames observed
         self._buffer = np.zeros((window, pixels), dtype=np.uint8)  # the partial window, as gray levels
         self._buffered = 0
+        self._pending: list[np.ndarray] = []  # windows preferring another context, not yet decided
+        self._pending_target: int | None = None  # the context they prefer (possibly one they started)
+        self._pending_new = False  # whether that context was started by the pending windows
 
     @property
     def context(self) -> int | None:
@@ -98,33 +105,38 @@ class ForgetMeNot:
 
     @property
     def num_contexts(self) -> int:
-        return len(self.counts)
+        """Contexts decided so far (a context being tried by pending windows is not counted)."""
+        return len(self.counts) - (1 if self._pending_new else 0)
 
     def observe(self, frame: np.ndarray) -> int | None:
         """Feed one uint8 frame (84x84, or already size x size). Every `window` frames, decide and return
-        the window's context (0, 1, ...); between decisions return None."""
+        the context in force (0, 1, ...); between decisions return None."""
         self._buffer[self._buffered] = self._quantize(np.asarray(frame)[None])[0]
         self._buffered += 1
         self.frames_observed += 1
         if self._buffered < self.window:
             return None
         self._buffered = 0
-        return self._decide(self._buffer)
+        return self._decide(self._buffer.copy())
 
     def infer(self, frames: np.ndarray) -> int:
-        """Frozen inference: the most likely existing context for a stack of frames (N, 84, 84) or
+        """Frozen inference: the most likely decided context for a stack of frames (N, 84, 84) or
         (N, size, size), under a uniform prior. Nothing is updated and no context is created."""
         return int(np.argmax(self.log_likelihoods(frames)))
 
     def log_likelihoods(self, frames: np.ndarray) -> np.ndarray:
-        """log p(frames | context k) for every existing context, shape (K,): the Polya predictive of the
-        frames in order. Nothing is updated."""
+        """log p(frames | context k) for every decided context, shape (K,): the Polya predictive of the
+        frames in order (not tempered). Nothing is updated."""
         if self.num_contexts == 0:
             raise ValueError("No context exists yet: observe at least one window of frames before inferring.")
         frames = np.asarray(frames)
         if frames.ndim != 3 or len(frames) == 0:
             raise ValueError(f"Expected a non-empty stack of frames (N, H, W), got shape {frames.shape}.")
-        return self._log_likelihoods(self._quantize(frames))
+        return self._log_likelihoods(self._quantize(frames))[:self.num_contexts]
+
+    def held_out_log_likelihood(self, frames: np.ndarray) -> float:
+        """log p(frames) under the held-out model: a Dirichlet-multinomial with no counts, Polya predictive."""
+        return float(self._held_out(self._quantize(np.asarray(frames))))
 
     def _quantize(self, frames: np.ndarray) -> np.ndarray:
         """(N, 2*size, 2*size) or (N, size, size) uint8 -> (N, size*size) gray levels, uint8."""
@@ -139,83 +151,149 @@ class ForgetMeNot:
             return self._pooled_levels[frames.astype(np.uint16) * 4].reshape(n, s * s)
         raise ValueError(f"Frame shape {frames.shape[1:]} is neither ({2 * s}, {2 * s}) nor ({s}, {s}).")
 
-    def _log_likelihoods(self, levels: np.ndarray) -> np.ndarray:
-        """Sequential Polya log-likelihood of frames of gray levels (T, P) under every context, shape (K,)."""
-        index = self._pixel_offsets + levels  # (T, P) int64: flat (pixel, level) indices
-        seen = np.zeros(self.counts.shape[1] * self.levels, dtype=np.int64)  # counts of the frames scored so far
-        earlier = np.empty_like(index)  # per frame and pixel: earlier frames with the same level
+    def _earlier(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat (pixel, level) indices of frames of gray levels (T, P), and per frame and pixel how many earlier
+        frames of the same stack had the same level there."""
+        index = self._pixel_offsets + levels
+        seen = np.zeros(self.counts.shape[1] * self.levels, dtype=np.int64)
+        earlier = np.empty_like(index)
         for t in range(len(index)):
             earlier[t] = seen[index[t]]
             seen[index[t]] += 1
+        return index, earlier
+
+    def _log_likelihoods(self, levels: np.ndarray) -> np.ndarray:
+        """Sequential Polya log-likelihood of frames of gray levels (T, P) under every context, shape (K,)."""
+        index, earlier = self._earlier(levels)
         counts = self.counts.reshape(len(self.counts), -1)
         numerator = np.log(np.take(counts, index.reshape(-1), axis=1) + (earlier.reshape(-1) + self.alpha))
-        if len(levels) == self.window:
-            return numerator.sum(axis=1) - self._window_normalizers
-        return numerator.sum(axis=1) - self._normalizers(self._totals, len(levels))
+        pixels = levels.shape[1]
+        steps = np.arange(len(levels))
+        normalizer = pixels * np.log(self._totals[:, None] + steps[None] + self.levels * self.alpha).sum(axis=1)
+        return numerator.sum(axis=1) - normalizer
 
-    def _normalizers(self, totals: np.ndarray, steps: int) -> np.ndarray:
-        """sum over pixels p and frames t < steps of log(N[k, p] + t + levels * alpha), shape (K,)."""
-        return sum(np.log(totals + (t + self.levels * self.alpha)).sum(axis=1) for t in range(steps))
+    def _held_out(self, levels: np.ndarray) -> float:
+        """The same predictive with no counts: the window's own earlier frames only."""
+        _, earlier = self._earlier(levels)
+        steps = np.arange(len(levels))
+        return float(np.log(earlier + self.alpha).sum()
+                     - levels.shape[1] * np.log(steps + self.levels * self.alpha).sum())
 
     def _decide(self, levels: np.ndarray) -> int:
-        k = self.num_contexts
+        scale = self.evidence_scale
+        if len(self.counts) == 0:  # the first window starts the first context
+            self._add_context(levels)
+            self.log_posterior = np.zeros(1)
+            self._context = 0
+            self.windows_decided += 1
+            return 0
+        k, before = self.num_contexts, self._context
         s = self.switch_prior / (1 + self.windows_since_switch)
-        uniform = -levels.size * math.log(self.levels)
-        if k == 0:  # the first window starts the first context
-            joint, joint_new, best, create = np.zeros(0), uniform, -1, True
-        else:  # log prior + log likelihood of each hypothesis
-            post = np.exp(self.log_posterior)
-            joint = np.log((1 - s) * post + s * (1 - post) / k) + self._log_likelihoods(levels)
-            joint_new = math.log(s / k) + uniform
-            best = int(np.argmax(joint))
-            create = k < self.max_contexts and joint_new - self.new_context_margin > joint[best]
-        if create:
-            joint = np.append(joint, joint_new)
-            winner = k
-            self.counts = np.concatenate([self.counts, np.zeros((1, *self.counts.shape[1:]), np.int64)])
-            self._totals = np.concatenate([self._totals, np.zeros((1, self._totals.shape[1]), np.int64)])
-            self._window_normalizers = np.append(self._window_normalizers, 0.0)
+        post = np.exp(self.log_posterior)
+        likelihoods = scale * self._log_likelihoods(levels)  # decided contexts, then the one being tried
+        joint = np.log((1 - s) * post + s * (1 - post) / k) + likelihoods[:k]
+        best = int(np.argmax(joint))
+        if self._pending_new:  # the context the pending windows started competes as the new hypothesis
+            joint_new = math.log(s / k) + likelihoods[k]
         else:
-            winner = best
-        self.log_posterior = joint - np.logaddexp.reduce(joint)
-        self._update(winner, levels)
-        self.windows_since_switch = 0 if winner != self._context else self.windows_since_switch + 1
-        self._context = winner
+            joint_new = math.log(s / k) + scale * self._held_out(levels)
+        room = self._pending_new or k < self.max_contexts
+        if room and joint_new - self.new_context_margin > joint[best]:
+            winner, joint_all = k, np.append(joint, joint_new)
+        else:
+            winner, joint_all = best, joint
+        if winner == self._context:
+            self._revert()
+            self._update(winner, levels)
+        else:
+            self._propose(winner, levels)
+        posterior = joint_all[:self.num_contexts]  # the filter's posterior over the decided contexts
+        self.log_posterior = posterior - np.logaddexp.reduce(posterior)
+        self.windows_since_switch = 0 if self._context != before else self.windows_since_switch + 1
         self.windows_decided += 1
-        return winner
+        return self._context
+
+    def _propose(self, winner: int, levels: np.ndarray) -> None:
+        """A window preferring another context: pending until `persist` windows in a row agree."""
+        starts_new = winner == self.num_contexts and not self._pending_new
+        if self._pending_target is not None and winner != self._pending_target:
+            self._revert()  # a different candidate: the earlier pending windows were noise
+            starts_new = winner >= self.num_contexts
+        if starts_new:
+            self._add_context(levels)
+            self._pending_new = True
+            winner = len(self.counts) - 1
+        elif self._pending_new and winner == len(self.counts) - 1:
+            self._update(winner, levels)  # the context being tried learns from every window that prefers it
+        self._pending_target = winner
+        self._pending.append(levels)
+        if len(self._pending) >= self.persist:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        target = self._pending_target
+        if not self._pending_new:  # an existing context: it gets the pending windows now
+            for levels in self._pending:
+                self._update(target, levels)
+        self._context, self._pending, self._pending_target, self._pending_new = target, [], None, False
+
+    def _revert(self) -> None:
+        """The pending change did not persist: its windows go to the decided context, a context they
+        started is removed."""
+        if self._pending_target is None:
+            return
+        if self._pending_new:
+            self.counts, self._totals = self.counts[:-1], self._totals[:-1]
+        for levels in self._pending:
+            self._update(self._context, levels)
+        self._pending, self._pending_target, self._pending_new = [], None, False
+
+    def _add_context(self, levels: np.ndarray) -> None:
+        self.counts = np.concatenate([self.counts, np.zeros((1, *self.counts.shape[1:]))])
+        self._totals = np.append(self._totals, 0.0)
+        self._update(len(self.counts) - 1, levels)
 
     def _update(self, k: int, levels: np.ndarray) -> None:
-        """Add a window to context k's counts; halve the counts of pixels past max_count."""
-        counts = self.counts[k]  # a view
-        flat = counts.reshape(-1)  # a view too
+        """Add a window to context k's counts; past max_count frames, scale them back to max_count."""
+        flat = self.counts[k].reshape(-1)  # a view
         flat += np.bincount((self._pixel_offsets + levels).reshape(-1), minlength=flat.size)
         self._totals[k] += len(levels)
-        full = self._totals[k] > self.max_count
-        if full.any():
-            counts[full] //= 2
-            self._totals[k, full] = counts[full].sum(axis=1)
-        self._window_normalizers[k] = self._normalizers(self._totals[k:k + 1], self.window)[0]
+        if self._totals[k] > self.max_count:
+            self.counts[k] *= self.max_count / self._totals[k]
+            self._totals[k] = float(self.max_count)
 
     def _config(self) -> dict:
-        return {"levels": self.levels, "window": self.window, "size": self.size, "alpha": self.alpha,
-                "switch_prior": self.switch_prior, "max_contexts": self.max_contexts,
-                "new_context_margin": self.new_context_margin, "max_count": self.max_count}
+        return {"model": self.MODEL, "levels": self.levels, "window": self.window, "size": self.size,
+                "alpha": self.alpha, "switch_prior": self.switch_prior, "max_contexts": self.max_contexts,
+                "new_context_margin": self.new_context_margin, "max_count": self.max_count,
+                "evidence_scale": self.evidence_scale, "persist": self.persist}
 
     def state_dict(self) -> dict:
-        return {"config": self._config(), "counts": self.counts.copy(), "log_posterior": self.log_posterior.copy(),
-                "context": self._context, "windows_since_switch": self.windows_since_switch,
-                "windows_decided": self.windows_decided, "frames_observed": self.frames_observed,
-                "buffer": self._buffer[:self._buffered].copy()}
+        return {"config": self._config(), "counts": self.counts.copy(), "totals": self._totals.copy(),
+                "log_posterior": self.log_posterior.copy(), "context": self._context,
+                "windows_since_switch": self.windows_since_switch, "windows_decided": self.windows_decided,
+                "frames_observed": self.frames_observed, "buffer": self._buffer[:self._buffered].copy(),
+                "pending": np.array(self._pending, dtype=np.uint8).reshape(-1, self.window, self.counts.shape[1]),
+                "pending_target": -1 if self._pending_target is None else self._pending_target,
+                "pending_new": self._pending_new}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self._config():
-            raise ValueError(f"This ForgetMeNot was built with {self._config()}, the state with {state['config']}.")
-        self.counts = np.array(state["counts"], dtype=np.int64)
-        self._totals = self.counts.sum(axis=2)
-        self._window_normalizers = self._normalizers(self._totals, self.window)
+        saved = state["config"]
+        if saved.get("model") != self.MODEL:
+            raise ValueError("This checkpoint's task inference was written by an earlier Forget-Me-Not (a uniform "
+                             "held-out model, integer counts): it cannot continue with this one. Resume it with the "
+                             "version of the code that started it, or start the run again.")
+        if saved != self._config():
+            raise ValueError(f"This ForgetMeNot was built with {self._config()}, the state with {saved}.")
+        self.counts = np.array(state["counts"], dtype=np.float64)
+        self._totals = np.array(state["totals"], dtype=np.float64)
         self.log_posterior = np.array(state["log_posterior"], dtype=np.float64)
         self._context = state["context"]
         self.windows_since_switch, self.windows_decided, self.frames_observed = (
             int(state["windows_since_switch"]), int(state["windows_decided"]), int(state["frames_observed"]))
         self._buffered = len(state["buffer"])
         self._buffer[:self._buffered] = state["buffer"]
+        self._pending = [np.array(w, dtype=np.uint8) for w in state["pending"]]
+        target = int(state["pending_target"])
+        self._pending_target = None if target < 0 else target
+        self._pending_new = bool(state["pending_new"])

@@ -53,9 +53,7 @@ class Tasks:
         self.games = list(config.schedule.games)
         self.inferred = config.task_inference == "fmn"
         fmn = config.fmn
-        self.fmn = ForgetMeNot(levels=fmn.levels, window=fmn.window, alpha=fmn.alpha,
-                               switch_prior=fmn.switch_prior, max_contexts=fmn.max_contexts,
-                               new_context_margin=fmn.new_context_margin) if self.inferred else None
+        self.fmn = ForgetMeNot(**fmn.model_dump()) if self.inferred else None
         slots = fmn.max_contexts if self.inferred else len(self.games)
         self.num_tasks = slots if config.network.task_params else 0  # network slots (0: no task parameters)
 
@@ -140,6 +138,14 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     - purity: the fraction of steps whose context is mapped to the true game, mapping each
       context to the game it spent most steps on.
     - contexts vs games: contexts created against distinct games visited.
+    - splits: per game, the contexts that hold at least `SHARE` of its steps (1 when the game has one
+      context); merges: games whose main context (the one holding most of their steps) is the same.
+    - nmi: normalised mutual information between context and game over the steps (the arithmetic-mean
+      normalisation, as scikit-learn's default): 1 when contexts and games match one to one.
+    - spurious changes per visit: context changes within a visit beyond the one its true switch needs
+      (a visit after a switch may make one change for free; the first visit none).
+    - revisits recognised: per game visited more than once, whether all its visits have the same main
+      context.
     """
     events = sorted(((int(r["step"]), r) for r in rows), key=lambda item: item[0])
     visits = [(step, r["game"]) for step, r in events if r["event"] == "visit"]
@@ -151,11 +157,14 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     # Steps per (context, game): walk the step axis through both sequences of changes.
     boundaries = sorted({s for s, _ in visits} | {s for s, _ in changes} | {final_step})
     steps: dict[tuple[str, str], int] = {}
+    per_visit: dict[tuple[int, str], int] = {}  # steps per (visit number, context)
     for start, end in zip(boundaries, boundaries[1:]):
         game = _last_before(visits, start)
         context = _last_before(changes, start) or "context0"
         if game is not None and end > start:
             steps[(context, game)] = steps.get((context, game), 0) + end - start
+            number = sum(1 for step, _ in visits if step <= start) - 1
+            per_visit[(number, context)] = per_visit.get((number, context), 0) + end - start
     total = sum(steps.values())
     best: dict[str, int] = {}
     for (context, _game), count in steps.items():
@@ -168,6 +177,11 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
         else:
             missed += 1
     contexts = {context for _, context in changes} | {"context0"}
+    spurious = []
+    for number, ((start, _), (end, _)) in enumerate(zip(visits, visits[1:] + [(final_step, None)])):
+        made = sum(1 for step, _ in changes if start < step <= end) if number else \
+            sum(1 for step, _ in changes if step <= end)
+        spurious.append(max(made - (1 if number else 0), 0))
     return {
         "switches": len(visits) - 1,
         "detected": len(delays),
@@ -179,7 +193,54 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
         "games_visited": len({game for _, game in visits}),
         "context_changes": len(changes),
         "steps_per_context_game": {f"{c}/{g}": n for (c, g), n in sorted(steps.items())},
+        **overlap(steps),
+        "revisits_recognised": _revisits_recognised(visits, per_visit),
+        "spurious_changes_per_visit": float(np.mean(spurious)) if spurious else None,
+        "max_spurious_changes_in_a_visit": max(spurious) if spurious else None,
     }
+
+
+def _revisits_recognised(visits: list[tuple[int, str]], per_visit: dict[tuple[int, str], int]) -> dict[str, bool]:
+    """Per game visited more than once: whether every visit's main context (most of its steps) is the same."""
+    main: dict[str, set[str]] = {}
+    for number, (_, game) in enumerate(visits):
+        held = {context: n for (visit, context), n in per_visit.items() if visit == number}
+        if held:
+            main.setdefault(game, set()).add(max(held, key=held.get))
+    counts = {game: sum(1 for _, g in visits if g == game) for game in main}
+    return {game: len(contexts) == 1 for game, contexts in main.items() if counts[game] > 1}
+
+
+SHARE = 0.05  # a context holding at least this share of a game's steps counts as one of its contexts
+
+
+def overlap(steps: dict[tuple[str, str], int]) -> dict:
+    """How contexts and games map onto each other, from the steps spent in each (context, game)."""
+    games = sorted({g for _, g in steps})
+    contexts = sorted({c for c, _ in steps})
+    table = np.array([[steps.get((c, g), 0) for g in games] for c in contexts], dtype=float)
+    per_game = table.sum(axis=0)
+    splits = {g: int((table[:, j] >= SHARE * per_game[j]).sum()) for j, g in enumerate(games) if per_game[j]}
+    main = {g: contexts[int(table[:, j].argmax())] for j, g in enumerate(games) if per_game[j]}
+    shared: dict[str, list[str]] = {}
+    for game, context in main.items():
+        shared.setdefault(context, []).append(game)
+    return {"contexts_per_game": splits, "main_context": main,
+            "merged_games": [sorted(group) for group in shared.values() if len(group) > 1],
+            "nmi": normalized_mutual_information(table)}
+
+
+def normalized_mutual_information(table: np.ndarray) -> float | None:
+    """I(C; G) / ((H(C) + H(G)) / 2) of a joint count table (rows: contexts, columns: games)."""
+    total = table.sum()
+    if total == 0:
+        return None
+    joint = table / total
+    rows, columns = joint.sum(axis=1), joint.sum(axis=0)
+    nonzero = joint > 0
+    mutual = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(rows, columns)[nonzero])).sum())
+    entropy = -sum(float((p[p > 0] * np.log(p[p > 0])).sum()) for p in (rows, columns))
+    return 1.0 if entropy == 0 else mutual / (entropy / 2)
 
 
 def _last_before(changes: list[tuple[int, str]], step: int) -> str | None:

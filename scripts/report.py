@@ -207,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m['run']} | {m['group']} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
     if inferred:
         print("\n| run (fmn) | true switches | detected | median delay (steps) | max delay | purity "
-              "| contexts / games |\n|---|---:|---:|---:|---:|---:|---:|")
+              "| contexts / games | NMI | games sharing a main context | games split | spurious changes / visit "
+              "(max) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
         for m in inferred:
             t = m["task_inference"]
-            purity = "n/a" if t["purity"] is None else f"{t['purity']:.3f}"
+            purity, nmi = ("n/a" if t[k] is None else f"{t[k]:.3f}" for k in ("purity", "nmi"))
+            merged = "; ".join(", ".join(group) for group in t["merged_games"]) or "none"
+            split = ", ".join(f"{g} ({n})" for g, n in t["contexts_per_game"].items() if n > 1) or "none"
             print(f"| {m['run']} | {t['switches']} | {t['detected']} | {t['median_delay_steps'] or 'n/a'} | "
-                  f"{t['max_delay_steps'] or 'n/a'} | {purity} | {t['contexts_created']} / {t['games_visited']} |")
+                  f"{t['max_delay_steps'] or 'n/a'} | {purity} | {t['contexts_created']} / {t['games_visited']} | "
+                  f"{nmi} | {merged} | {split} | {t['spurious_changes_per_visit']:.1f} "
+                  f"({t['max_spurious_changes_in_a_visit']}) |")
     written = ["metrics.json"]
 
     summary = None

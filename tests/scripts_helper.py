@@ -15,3 +15,4 @@ def _load(name):
 
 report_main = _load("report").main
 pilot_report = _load("pilot_report")
+fmn_frames = _load("fmn_frames")

@@ -123,6 +123,20 @@ def test_normalisation_and_protection_gate():
     assert not gated.anchors
 
 
+
+@pytest.mark.parametrize("method", ["ewc", "l2"])
+def test_an_anchor_weighs_in_proportion_to_the_steps_its_task_was_trained(method):
+    model = net()
+    full = Consolidator(method, normalize="mean" if method == "ewc" else "none")
+    full.consolidate("A", model, states(), steps_trained=1000)
+    ramped = Consolidator(method, normalize="mean" if method == "ewc" else "none", full_strength_steps=4000)
+    ramped.consolidate("A", model, states(), steps_trained=1000)
+    ramped.consolidate("B", model, states(), steps_trained=9000)  # past full strength: unscaled
+    for name, value in full.anchors["A"]["importance"].items():
+        assert torch.allclose(ramped.anchors["A"]["importance"][name], value / 4)
+        assert torch.allclose(ramped.anchors["B"]["importance"][name], value)
+
+
 def test_state_dict_round_trip():
     model, consolidator = build()
     restored = Consolidator("ewc", lambda_=3.0)

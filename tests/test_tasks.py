@@ -1,8 +1,10 @@
 """Task keys end to end: per-task parameters and Forget-Me-Not contexts on real games, through train, a stop
 in the middle of a context switch, resume, evaluate and report; and the measurement of the inference."""
 
+import collections
 import csv
 import json
+import math
 import os
 import signal
 
@@ -35,6 +37,21 @@ def test_the_summary_measures_delay_purity_and_contexts_by_hand():
     assert (summary["switches"], summary["detected"], summary["missed"]) == (2, 2, 0)
     assert (summary["median_delay_steps"], summary["max_delay_steps"]) == (12.0, 16)
     assert (summary["contexts_created"], summary["games_visited"], summary["context_changes"]) == (2, 2, 4)
+    # Splits (contexts with >= 5% of a game's steps), merges (games sharing a main context), revisits.
+    assert summary["contexts_per_game"] == {"A": 2, "B": 2} and summary["merged_games"] == []
+    assert summary["main_context"] == {"A": "context0", "B": "context1"}
+    assert summary["revisits_recognised"] == {"A": True}  # A's second visit: 16 steps in context1, 84 in context0
+    # Spurious changes: visit 0 none; visit 1 three (108, 150, 160), one of them needed; visit 2 one, needed.
+    assert summary["spurious_changes_per_visit"] == pytest.approx(2 / 3)
+    assert summary["max_spurious_changes_in_a_visit"] == 2
+    # NMI the slow way: one (context, game) label per step, entropies from plain counts.
+    labels = [("context0", "A")] * 184 + [("context0", "B")] * 18 + [("context1", "A")] * 16 + [("context1", "B")] * 82
+    n = len(labels)
+
+    def entropy(items):
+        return -sum(c / n * math.log(c / n) for c in collections.Counter(items).values())
+    contexts, games = entropy([c for c, _ in labels]), entropy([g for _, g in labels])
+    assert summary["nmi"] == pytest.approx((contexts + games - entropy(labels)) / ((contexts + games) / 2))
     # A switch with no change of context before the next one is missed, not measured from a later change.
     missed = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "B", "context0", "visit"),
                                          (200, 2, "A", "context0", "visit"), (210, 2, "A", "context1", "new")), 300)
@@ -63,7 +80,7 @@ def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_repo
     _, state = load_latest(run / "checkpoints")
     assert state["progress"]["pending_switch"] == "context1" and state["progress"]["task"] == "context0"
     assert state["consolidator"]["anchors"] == {}  # the interrupted estimate left no anchor
-    assert 400 < stopped[0] <= 400 + 2 * 2 * 4  # Pong was detected within two windows of 4 frames x 2 envs
+    assert 400 < stopped[0] <= 400 + (5 + 1) * 4 * 2  # decided on its 5th window (fmn.persist), 4 frames x 2 envs
     monkeypatch.setattr(Switch, "change_context", original)
     assert train_main(["--resume", str(run)]) == 0
     assert train_main(["--resume", str(run), "schedule.cycles=2"]) == 0  # Breakout and Pong again
@@ -79,7 +96,9 @@ def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_repo
     assert changes == [("Pong", "context1", "new"), ("Breakout", "context0", "switch"),
                        ("Pong", "context1", "switch")]  # the revisits are recognised
     summary = task_inference_summary(log, 1600)
-    assert summary["detected"] == 3 and summary["max_delay_steps"] <= 16 and summary["purity"] > 0.97
+    assert summary["detected"] == 3 and summary["max_delay_steps"] <= (5 + 1) * 4 * 2  # decided on 5 windows
+    assert summary["purity"] >= 1 - 3 * 48 / 1600 and summary["nmi"] > 0.6 and summary["merged_games"] == []
+    assert summary["revisits_recognised"] == {"Breakout": True, "Pong": True}
 
     out = tmp_path / "eval"
     capsys.readouterr()

@@ -353,9 +353,10 @@ def test_aggregate_intervals_are_95_percent_percentile_bootstrap_intervals():
     assert (np.abs(np.array(estimate["mean_ci"]) - ci95) < 0.25 * gap).all(), (estimate["mean_ci"], ci95, ci90)
 
 
-def test_fmn_new_context_score_is_the_uniform_model_by_hand():
+def test_fmn_new_context_score_is_the_held_out_dirichlet_by_hand():
     """Window of one 3x3 frame, 4 gray levels: context 0 has seen one black frame; a white frame scores
-    9 log(0.5 / (1 + 4 * 0.5)) under it and 9 log(1/4) under the held-out uniform model. With the switch prior
+    9 log(0.5 / (1 + 4 * 0.5)) under it and 9 log(0.5 / (4 * 0.5)) = 9 log(1/4) under the held-out Dirichlet
+    with no counts (for one frame its Polya predictive is uniform; over a window it is not). With the switch prior
     s = 0.1 the joint scores are log(0.9) + 9 log(1/6) and log(0.1) + 9 log(1/4): the new context wins, and the
     posterior is their normalisation."""
     fmn = ForgetMeNot(levels=4, window=1, size=3, alpha=0.5, switch_prior=0.1)
