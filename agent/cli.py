@@ -11,6 +11,7 @@ from pathlib import Path
 from agent.checkpoint import CheckpointError
 from agent.config import ConfigError, load_config, resolve_device
 from agent.rundir import (
+    RECORD_TEXT,
     RunBusy,
     check_creatable,
     check_new_place,
@@ -285,9 +286,8 @@ def check_output(output: Path) -> None:
         run = owned_by_run(target)
         if run is not None:
             raise ConfigError(f"--output {output} would write {target}, which belongs to the record of the run in "
-                              f"{run} (training writes eval.csv, config.yaml, schedule.json, tb/, checkpoints/, "
-                              "milestones/). "
-                              f"Write the evaluation elsewhere, e.g. --output {run / 'evaluations' / 'final.json'}.")
+                              f"{run} (training writes {RECORD_TEXT}). Write the evaluation elsewhere, e.g. "
+                              f"--output {run / 'evaluations' / 'final.json'}.")
     make_dir(output.parent, "output folder", "--output")
     check_writable(output.parent, "--output")
 
@@ -300,8 +300,8 @@ def check_video_dir(directory: Path, targets: list[Path]) -> None:
         run = owned_by_run(target)
         if run is not None:
             raise ConfigError(f"--video {directory} would write {target} into the record of the run in {run} "
-                              "(training writes eval.csv, config.yaml, tb/, checkpoints/, milestones/). "
-                              f"Write the videos elsewhere, e.g. --video {run / 'videos'}.")
+                              f"(training writes {RECORD_TEXT}). Write the videos elsewhere, e.g. "
+                              f"--video {run / 'videos'}.")
     make_dir(directory, "video directory", "--video DIR")
     check_writable(directory, "--video")
 

@@ -150,7 +150,8 @@ class RunRecord:
                                                                       for game, score in self.last_scores.items()))
         lines += [f"Run directory: {run_dir}",
                   f"  eval.csv     every evaluation; report: python scripts/report.py {run_dir}",
-                  "  schedule.json the game of every visit"
+                  "  schedule.json the game of every visit",
+                  "  plasticity.csv dormant units, feature rank, weight drift, churn (when plasticity.every is set)"
                   + ("\n  contexts.csv  every true switch and inferred change of context" if inferred else ""),
                   f"  tb/          TensorBoard: tensorboard --logdir {run_dir}",
                   "  checkpoints/ the newest full states (resume); milestones/ the network at every switch",

@@ -24,6 +24,11 @@ RESUMABLE_CHANGES = ("schedule.cycles", "schedule.steps_per_visit", "device", "t
                      "plasticity.every", "plasticity.states")
 
 
+def resumable_text() -> str:
+    """RESUMABLE_CHANGES as a user reads them: a prefix such as `eval.` shown as `eval.*`."""
+    return ", ".join(f"{key}*" if key.endswith(".") else key for key in RESUMABLE_CHANGES)
+
+
 def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(old) | set(new)):
@@ -56,7 +61,7 @@ def resume(run_dir: Path, config: TrainConfig | None = None) -> Trainer:
         details = "\n".join(f"  {key}: checkpoint {_lookup(saved.to_dict(), key)!r}, now "
                             f"{_lookup(config.to_dict(), key)!r}" for key in unsafe)
         raise ValueError(f"Cannot resume {run_dir}: the config differs from the checkpoint's in keys that "
-                         f"change the run:\n{details}\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume.")
+                         f"change the run:\n{details}\nOnly {resumable_text()} may change on resume.")
     recorded = (rundir.read_schedule(run_dir) or {}).get("visits", [])
     visits = config.schedule.visits(config.seed)
     shared = min(len(recorded), len(visits))

@@ -34,6 +34,7 @@ EVAL_COLUMNS = ("step", "visit", "trained_game", "game", "mean_return", "std_ret
 RECORD_FILES = ("config.yaml", "schedule.json", "eval.csv", "contexts.csv", "plasticity.csv")
 CSV_FILES = ("eval.csv", "contexts.csv", "plasticity.csv")  # appended to; checkpoints record their sizes
 RECORD_DIRS = ("tb", "checkpoints", "milestones")
+RECORD_TEXT = ", ".join((*RECORD_FILES, *(f"{name}/" for name in RECORD_DIRS)))  # for messages
 WRITER_LOCK = ".writer.lock"  # held by the one process that writes the run (train, resume, a sweep's run)
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\..*")  # TensorBoard reads any name like this
 

@@ -167,7 +167,7 @@ def _label(value: Any) -> str:
 def write_record(out: Path, sweep: Sweep, command: list[str], address: str | None) -> dict:
     """Add this session to OUT/sweep.json. Runs new to the grid are appended; a run recorded earlier
     that is gone from the grid, or whose config changed in keys that change a run, is refused."""
-    from agent.resume import RESUMABLE_CHANGES, differing_keys
+    from agent.resume import RESUMABLE_CHANGES, differing_keys, resumable_text
 
     path = out / "sweep.json"
     record = {"format": RECORD_FORMAT, "runs": [], "sessions": []}
@@ -196,7 +196,7 @@ def write_record(out: Path, sweep: Sweep, command: list[str], address: str | Non
         raise SweepError(f"The sweep in {out} was run with another grid (its record is {path}):\n"
                          + "\n".join(problems) + "\nA sweep's runs are kept as they were: keep their values in "
                          "the grid (new values are added as new runs), or give another --out. Only "
-                         f"{', '.join(RESUMABLE_CHANGES)} may change.")
+                         f"{resumable_text()} may change.")
     started, added = now(), [name for name in current if name not in recorded]
     record["runs"] += [{"name": name, "dir": name, "settings": current[name].settings, "added": started,
                         "config": current[name].config.to_dict()} for name in added]

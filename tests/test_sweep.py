@@ -131,7 +131,7 @@ def test_a_killed_sweep_resumes_unfinished_runs_and_skips_finished_ones(tmp_path
 
     proc = sweep_process(sweep_file, out, "--local-cpus", "1")  # one run at a time
     try:
-        wait_for(one_finished_one_checkpointed, "one run to finish and the other to checkpoint", proc)
+        wait_for(one_finished_one_checkpointed, "one run to finish and the other to checkpoint", proc, timeout=240)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
