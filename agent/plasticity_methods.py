@@ -25,17 +25,17 @@ from agent.plasticity import hidden_activations, unit_scores, weight_layers
 
 def fresh_weight(layer: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
     """A weight drawn as PyTorch initialises a Conv2d or Linear layer (Kaiming uniform, a = sqrt(5))."""
-    fresh = torch.empty_like(layer.weight, dtype=torch.float32)
+    fresh = torch.empty(layer.weight.shape)  # drawn on the CPU: its generator is in the checkpoint, CUDA's is not
     nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
-    return fresh
+    return fresh.to(layer.weight.device)
 
 
 def fresh_bias(layer: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
     """A bias drawn as PyTorch initialises one: uniform in +-1/sqrt(fan_in)."""
     fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
     bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    fresh = torch.empty_like(layer.bias, dtype=torch.float32)
-    return nn.init.uniform_(fresh, -bound, bound, generator=generator)
+    fresh = torch.empty(layer.bias.shape)
+    return nn.init.uniform_(fresh, -bound, bound, generator=generator).to(layer.bias.device)
 
 
 @torch.no_grad()

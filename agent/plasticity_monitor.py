@@ -1,12 +1,15 @@
 """When plasticity is measured and restored during training: the loop's one interface to it.
 
-The loop (agent/trainer.py) calls three moments:
+The loop (agent/trainer.py) and the switch (agent/switch.py) call four moments:
 
 - `after_step(step, advanced, ...)`: every `plasticity.every` agent steps, the diagnostics of
   agent/plasticity.py on `plasticity.states` held-out states sampled from the current task's replay;
-- `after_updates(...)`: with `plasticity.method: redo`, ReDo's recycling every `redo_every` updates;
-- `at_switch(...)` (agent/switch.py, once the task being left is consolidated): the diagnostics on
-  that task's states, then `shrink_perturb` or `reset` when configured.
+- `after_updates(...)`: with `plasticity.method: redo`, ReDo's recycling at the first update past each
+  multiple of `redo_every`, scored on a replayed batch of `dqn.batch_size` states;
+- `at_switch(...)`, once the task being left is consolidated: the diagnostics on that task's states;
+- `before_next_task(...)`, after the switch's milestone and before the next task trains (never after the
+  run's last task): `shrink_perturb` or `reset` when configured, so the anchor, the milestone and the
+  evaluation at the switch all hold the network as it left the task.
 
 The held-out states come from their own random stream (derived from the run's seed and the step),
 so the diagnostics change nothing in training: a run with them is the run without them, plus a
@@ -38,6 +41,7 @@ class PlasticityMonitor:
     def __init__(self, config: TrainConfig, network: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device):
         self.config, self.seed = config.plasticity, config.seed
+        self.redo_states = config.dqn.batch_size  # ReDo scores units on a replayed batch, as the update sees
         self.network, self.optimizer, self.device = network, optimizer, device
         self.initial: dict[str, torch.Tensor] | None = initial_weights(network)  # None: unknown (old checkpoint)
         self.previous_states: torch.Tensor | None = None  # the last measurement's states (uint8, CPU)
@@ -48,8 +52,8 @@ class PlasticityMonitor:
     def after_step(self, step: int, advanced: int, visit: int, task: str, replay: FrameReplay,
                    record: RunRecord) -> None:
         every = self.config.every
-        if every and step // every != (step - advanced) // every:
-            self.measure(step, visit, task, "every", replay, record)
+        if every and step // every != (step - advanced) // every and step != self.last_step:
+            self.measure(step, visit, task, "every", replay, record)  # (unless a switch measured this step)
 
     def after_updates(self, updates: int, new_updates: int, replay: FrameReplay, rng: np.random.Generator,
                       step: int, record: RunRecord) -> None:
@@ -57,14 +61,19 @@ class PlasticityMonitor:
         if cfg.method != "redo" or not new_updates or updates // cfg.redo_every == (updates - new_updates) // \
                 cfg.redo_every:
             return
-        states = torch.from_numpy(replay.sample_states(cfg.states, rng)).to(self.device)
+        states = torch.from_numpy(replay.sample_states(self.redo_states, rng)).to(self.device)
         recycled = recycle_dormant(self.network, self.optimizer, states, cfg.redo_tau)
         record.plasticity_method(step, "redo", {f"recycled/{name}": count for name, count in recycled.items()})
 
     def at_switch(self, step: int, visit: int, task: str, replay: FrameReplay, record: RunRecord) -> None:
-        cfg = self.config
-        if cfg.every and step != self.last_step:  # (a visit's last step may have been measured already)
+        """The diagnostics on the task being left (its anchor taken)."""
+        if self.config.every and step != self.last_step:  # (a visit's last step may have been measured already)
             self.measure(step, visit, task, "switch", replay, record)
+
+    def before_next_task(self, step: int, record: RunRecord) -> None:
+        """shrink_perturb or reset, once the task left is recorded (its anchor and milestone hold the network
+        as it left it) and before the next one trains; never after the last task of the run."""
+        cfg = self.config
         if cfg.method == "shrink_perturb":
             shrink_and_perturb(self.network, cfg.shrink, cfg.perturb)
             record.plasticity_method(step, "shrink_perturb", {"shrink": cfg.shrink, "perturb": cfg.perturb})

@@ -53,6 +53,7 @@ class Switch:
         state, progress = self.state, self.state.progress
         old, new = progress.task, progress.pending_switch
         self.leave(old, record)
+        state.plasticity.before_next_task(progress.global_step, record)
         if old in state.replays:
             state.replays[old].close_episodes()  # the episodes in progress continue in the new context's buffer
         event = "switch" if new in progress.task_steps else "new"

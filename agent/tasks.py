@@ -169,8 +169,12 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     best: dict[str, int] = {}
     for (context, _game), count in steps.items():
         best[context] = max(best.get(context, 0), count)
+    # A true switch is a visit of another game than the visit before (a game repeated is not one).
+    switched = [False] + [game != visits[i - 1][1] for i, (_, game) in enumerate(visits) if i]
     delays, missed = [], 0
-    for (switch_step, _), following in zip(visits[1:], visits[2:] + [(final_step, None)]):
+    for (switch_step, _), following, changed in zip(visits[1:], visits[2:] + [(final_step, None)], switched[1:]):
+        if not changed:
+            continue
         detected = [step for step, _ in changes if switch_step < step <= following[0]]
         if detected:
             delays.append(detected[0] - switch_step)
@@ -181,9 +185,9 @@ def task_inference_summary(rows: list[dict], final_step: int) -> dict:
     for number, ((start, _), (end, _)) in enumerate(zip(visits, visits[1:] + [(final_step, None)])):
         made = sum(1 for step, _ in changes if start < step <= end) if number else \
             sum(1 for step, _ in changes if step <= end)
-        spurious.append(max(made - (1 if number else 0), 0))
+        spurious.append(max(made - (1 if switched[number] else 0), 0))
     return {
-        "switches": len(visits) - 1,
+        "switches": sum(switched),
         "detected": len(delays),
         "missed": missed,
         "median_delay_steps": float(np.median(delays)) if delays else None,

@@ -256,6 +256,8 @@ class Trainer:
         progress.step_in_visit = 0
         progress.visit_done = False
         self.switch.milestone(game)  # before the checkpoint: a kill in between redoes both
+        if not self.finished and not self.tasks.inferred:  # (with fmn, a change of context is the switch)
+            self.state.plasticity.before_next_task(progress.global_step, self.record)
         self.save()
 
     def _log_scalars(self, epsilon: float, game_index: int) -> None:

@@ -316,6 +316,12 @@ def test_diagnostics_and_methods_survive_a_stop_and_resume_bit_for_bit(tmp_path,
     assert rows[0]["churn/greedy_changed"] == "" and 0 <= float(rows[-1]["churn/greedy_changed"]) <= 1
     weights = [load_latest(tmp_path / name / "checkpoints")[1]["learner"]["online"] for name in ("straight", "stopped")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    # Nothing acts after the run's last task: the last milestone holds the final network (and every
+    # milestone the network as it left its task, before a reset or shrink for the next one).
+    from agent.checkpoint import list_checkpoints, load_checkpoint
+
+    last = load_checkpoint(list_checkpoints(tmp_path / "straight" / "milestones")[-1])["learner"]["online"]
+    assert all(torch.equal(last[key], weights[0][key]) for key in last)
     if method == "none":
         assert _train(tmp_path / "off", ["plasticity.every=null"]) == 0
         assert not (tmp_path / "off" / "plasticity.csv").exists()

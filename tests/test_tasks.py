@@ -57,6 +57,9 @@ def test_the_summary_measures_delay_purity_and_contexts_by_hand():
                                          (200, 2, "A", "context0", "visit"), (210, 2, "A", "context1", "new")), 300)
     assert (missed["detected"], missed["missed"], missed["median_delay_steps"]) == (1, 1, 10.0)
     assert missed["purity"] == pytest.approx(200 / 300)
+    # A game visited again straight after itself (one game, several cycles) is no switch.
+    same = task_inference_summary(rows((0, 0, "A", "context0", "visit"), (100, 1, "A", "context0", "visit")), 200)
+    assert (same["switches"], same["missed"], same["spurious_changes_per_visit"]) == (0, 0, 0.0)
 
 
 FMN = [*TINY, "schedule.games=[Breakout, Pong]", "schedule.steps_per_visit=400", "dqn.learning_starts=100",
