@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print(f"matplotlib is not installed ({EXTRA_HINT}); no plots.", file=sys.stderr)
+            print("matplotlib is not installed (pip install -e '.[plot]', or '.[report]', which has it too); no plots.",
+                  file=sys.stderr)
         else:
             band = None if aggregates is None else (lambda values: aggregates.curve_band(values, args.reps, args.seed))
             plot_curves(groups, args.smoothing, band, out / "curves.png")
