@@ -132,11 +132,11 @@ class ForgetMeNot:
         frames = np.asarray(frames)
         if frames.ndim != 3 or len(frames) == 0:
             raise ValueError(f"Expected a non-empty stack of frames (N, H, W), got shape {frames.shape}.")
-        return self._log_likelihoods(self._quantize(frames))[:self.num_contexts]
+        return self._scores(self._quantize(frames))[0][:self.num_contexts]
 
     def held_out_log_likelihood(self, frames: np.ndarray) -> float:
         """log p(frames) under the held-out model: a Dirichlet-multinomial with no counts, Polya predictive."""
-        return float(self._held_out(self._quantize(np.asarray(frames))))
+        return self._scores(self._quantize(np.asarray(frames)))[1]
 
     def _quantize(self, frames: np.ndarray) -> np.ndarray:
         """(N, 2*size, 2*size) or (N, size, size) uint8 -> (N, size*size) gray levels, uint8."""
@@ -162,22 +162,16 @@ class ForgetMeNot:
             seen[index[t]] += 1
         return index, earlier
 
-    def _log_likelihoods(self, levels: np.ndarray) -> np.ndarray:
-        """Sequential Polya log-likelihood of frames of gray levels (T, P) under every context, shape (K,)."""
+    def _scores(self, levels: np.ndarray) -> tuple[np.ndarray, float]:
+        """Sequential Polya log-likelihood of frames of gray levels (T, P) under every context, shape (K,), and
+        under the held-out model: the same predictive with no counts (the frames' own earlier ones only)."""
         index, earlier = self._earlier(levels)
-        counts = self.counts.reshape(len(self.counts), -1)
+        counts = self.counts.reshape(len(self.counts), self.counts.shape[1] * self.levels)  # (K may be 0)
         numerator = np.log(np.take(counts, index.reshape(-1), axis=1) + (earlier.reshape(-1) + self.alpha))
-        pixels = levels.shape[1]
-        steps = np.arange(len(levels))
+        pixels, steps = levels.shape[1], np.arange(len(levels))
         normalizer = pixels * np.log(self._totals[:, None] + steps[None] + self.levels * self.alpha).sum(axis=1)
-        return numerator.sum(axis=1) - normalizer
-
-    def _held_out(self, levels: np.ndarray) -> float:
-        """The same predictive with no counts: the window's own earlier frames only."""
-        _, earlier = self._earlier(levels)
-        steps = np.arange(len(levels))
-        return float(np.log(earlier + self.alpha).sum()
-                     - levels.shape[1] * np.log(steps + self.levels * self.alpha).sum())
+        held_out = np.log(earlier + self.alpha).sum() - pixels * np.log(steps + self.levels * self.alpha).sum()
+        return numerator.sum(axis=1) - normalizer, float(held_out)
 
     def _decide(self, levels: np.ndarray) -> int:
         scale = self.evidence_scale
@@ -190,13 +184,14 @@ class ForgetMeNot:
         k, before = self.num_contexts, self._context
         s = self.switch_prior / (1 + self.windows_since_switch)
         post = np.exp(self.log_posterior)
-        likelihoods = scale * self._log_likelihoods(levels)  # decided contexts, then the one being tried
+        contexts, held_out = self._scores(levels)
+        likelihoods = scale * contexts  # decided contexts, then the one being tried
         joint = np.log((1 - s) * post + s * (1 - post) / k) + likelihoods[:k]
         best = int(np.argmax(joint))
         if self._pending_new:  # the context the pending windows started competes as the new hypothesis
             joint_new = math.log(s / k) + likelihoods[k]
         else:
-            joint_new = math.log(s / k) + scale * self._held_out(levels)
+            joint_new = math.log(s / k) + scale * held_out
         room = self._pending_new or k < self.max_contexts
         if room and joint_new - self.new_context_margin > joint[best]:
             winner, joint_all = k, np.append(joint, joint_new)
