@@ -64,6 +64,9 @@ def train_main(argv: list[str] | None = None) -> int:
         import yaml
 
         try:
+            if args.resume is None and args.config is None:
+                raise ConfigError("--print-config prints the config of --config FILE (e.g. configs/quickstart.yaml) "
+                                  "or of --resume RUN_DIR, with the overrides given: name one of them.")
             if args.resume is not None and args.config is None:
                 check_run_dir(args.resume)
             config = load_config(args.config or (args.resume / "config.yaml" if args.resume else None),

@@ -227,6 +227,12 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
+def crossed(count: int, advanced: int, every: int | None) -> bool:
+    """Whether a counter (agent steps, updates) that just advanced by `advanced` to `count` passed a multiple of
+    one of the config's `every` intervals (0 or None: the interval is off, never crossed)."""
+    return bool(every) and count // every != (count - advanced) // every
+
+
 def resolve_device(name: str):
     import torch
 

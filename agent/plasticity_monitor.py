@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.config import TrainConfig
+from agent.config import TrainConfig, crossed
 from agent.plasticity import churn, diagnose, initial_weights
 from agent.plasticity_methods import recycle_dormant, reset_last_layers, shrink_and_perturb
 from agent.record import RunRecord
@@ -51,15 +51,13 @@ class PlasticityMonitor:
     # ---------------------------------------------------------------- the loop's moments
     def after_step(self, step: int, advanced: int, visit: int, task: str, replay: FrameReplay,
                    record: RunRecord) -> None:
-        every = self.config.every
-        if every and step // every != (step - advanced) // every and step != self.last_step:
+        if crossed(step, advanced, self.config.every) and step != self.last_step:
             self.measure(step, visit, task, "every", replay, record)  # (unless a switch measured this step)
 
     def after_updates(self, updates: int, new_updates: int, replay: FrameReplay, rng: np.random.Generator,
                       step: int, record: RunRecord) -> None:
         cfg = self.config
-        if cfg.method != "redo" or not new_updates or updates // cfg.redo_every == (updates - new_updates) // \
-                cfg.redo_every:
+        if cfg.method != "redo" or not crossed(updates, new_updates, cfg.redo_every):
             return
         states = torch.from_numpy(replay.sample_states(self.redo_states, rng)).to(self.device)
         recycled = recycle_dormant(self.network, self.optimizer, states, cfg.redo_tau)

@@ -189,7 +189,9 @@ class Window:
         return stats
 
     def postfix(self) -> dict[str, str]:
-        recent = f"{np.mean(self.returns):.1f}" if self.returns else "-"
+        """The progress bar's figures: speed, and the mean return of the last 20 episodes that ended (none may
+        have yet: Atari episodes last thousands of steps)."""
+        recent = f"{np.mean(self.returns):.1f}" if self.returns else "no episode ended yet"
         return {"sps": f"{self.sps:.0f}", "return": recent}
 
 

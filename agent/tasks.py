@@ -6,8 +6,8 @@ snapshot and, with `network.task_params`, the network's gains and biases (`index
 
 - labels: the key is the game; its index is the game's place in schedule.games.
 - fmn: the agent is not told the game. A Forget-Me-Not process (agent/task_inference.py)
-  reads one frame of env 0 per vector step and decides a context every `fmn.window`
-  frames; the key is "context<N>", the index N. The true game is only logged: every
+  reads the newest frame of env 0 (or of every env, fmn.envs: all) per vector step and
+  decides a context every `fmn.window` frames; the key is "context<N>", the index N. The true game is only logged: every
   change of context and every true switch is a row of the run's contexts.csv (see
   `task_inference_summary` for what is measured from it).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agent.config import TrainConfig, validate_config
+from agent.config import FMNConfig, TrainConfig, validate_config
 from agent.networks import QNetwork
 from agent.task_inference import ForgetMeNot
 
@@ -48,12 +48,29 @@ def network_from_state(state: dict, device: torch.device | str = "cpu") -> tuple
     return network.eval(), tasks
 
 
+def build_fmn(fmn: FMNConfig, num_envs: int) -> ForgetMeNot:
+    """The Forget-Me-Not process of a run: fmn.max_count is in vector steps, the model's in frames."""
+    frames_per_step = num_envs if fmn.envs == "all" else 1
+    return ForgetMeNot(**fmn.model_dump(exclude={"envs", "max_count"}), max_count=fmn.max_count * frames_per_step)
+
+
+def feed(fmn: ForgetMeNot, frames: np.ndarray, every_env: bool) -> int | None:
+    """One vector step's newest frames (num_envs, H, W): env 0's, or every env's in order, to Forget-Me-Not; the
+    context it decided last if a window completed, else None."""
+    decided = None
+    for frame in (frames if every_env else frames[:1]):
+        context = fmn.observe(frame)
+        decided = decided if context is None else context
+    return decided
+
+
 class Tasks:
     def __init__(self, config: TrainConfig):
         self.games = list(config.schedule.games)
         self.inferred = config.task_inference == "fmn"
         fmn = config.fmn
-        self.fmn = ForgetMeNot(**fmn.model_dump()) if self.inferred else None
+        self.observe_all = fmn.envs == "all"
+        self.fmn = build_fmn(fmn, config.env.num_envs) if self.inferred else None
         slots = fmn.max_contexts if self.inferred else len(self.games)
         self.num_tasks = slots if config.network.task_params else 0  # network slots (0: no task parameters)
 
@@ -67,12 +84,13 @@ class Tasks:
             return None
         return context_of(key) if self.inferred else self.games.index(key)
 
-    def observe(self, frame: np.ndarray) -> str | None:
-        """fmn: feed one frame; the decided context's key every window, else None. labels: always None."""
+    def observe(self, frames: np.ndarray) -> str | None:
+        """fmn: feed the newest frames of the envs (num_envs, 84, 84), env 0's or all of them (fmn.envs); the key
+        of the context decided last when a window completes, else None. labels: always None."""
         if self.fmn is None:
             return None
-        context = self.fmn.observe(frame)
-        return None if context is None else context_key(context)
+        decided = feed(self.fmn, frames, self.observe_all)
+        return None if decided is None else context_key(decided)
 
     @property
     def num_contexts(self) -> int:

@@ -27,7 +27,7 @@ import torch
 from agent import rundir
 from agent.actor import Actor
 from agent.checkpoint import CheckpointError
-from agent.config import TrainConfig, resolve_device
+from agent.config import TrainConfig, crossed, resolve_device
 from agent.console import Console
 from agent.dqn import choose_precision
 from agent.evaluation import evaluate_games
@@ -199,27 +199,27 @@ class Trainer:
                     self._window.returns.extend(step.ended_returns.tolist())
                 if not overlap:
                     self._learn(progress.task, replay, n)
-                decided = self.tasks.observe(step.next_obs[0, -1])  # None in labels mode
+                decided = self.tasks.observe(step.next_obs[:, -1])  # None in labels mode
                 if decided is not None and decided != progress.task:
                     progress.pending_switch = decided
                     self.switch.change_context(game, self.record)
                     replay = self.state.replay(progress.task)
 
                 step_now = progress.global_step
-                logged = _crossed(step_now, n, cfg.logging.log_every)
+                logged = crossed(step_now, n, cfg.logging.log_every)
                 if logged:
                     self._log_scalars(epsilon, game_index)
                 self.record.advance(n, self._window.postfix() if logged else None)
-                if _crossed(step_now, n, cfg.consolidation.probe_every):
+                if crossed(step_now, n, cfg.consolidation.probe_every):
                     self.record.retention(step_now, self.probe.measure(self.network, current_game=progress.task))
                 self.state.plasticity.after_step(step_now, n, progress.visit, progress.task, replay, self.record)
                 if progress.step_in_visit >= cfg.schedule.steps_per_visit:
                     self._end_visit()
                     break
-                if cfg.eval.every and _crossed(step_now, n, cfg.eval.every):
+                if crossed(step_now, n, cfg.eval.every):
                     progress.eval_due = True
                     self._evaluate_if_due()
-                if cfg.checkpoint.every and _crossed(step_now, n, cfg.checkpoint.every):
+                if crossed(step_now, n, cfg.checkpoint.every):
                     self.save()
         finally:
             actor.close()
@@ -305,7 +305,3 @@ class Trainer:
         self._saved = copy.deepcopy(self.progress)
         return path
 
-
-def _crossed(step: int, advanced: int, every: int) -> bool:
-    """True when `step` passed a multiple of `every` within the last `advanced` steps."""
-    return step // every != (step - advanced) // every

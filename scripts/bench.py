@@ -211,7 +211,12 @@ def bench_tasks(args) -> list[tuple]:
     full = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(
         "network.task_params=true", "task_inference=fmn")))
     rows.append((label, "task parameters + Forget-Me-Not", full, "labels, shared biases", plain))
-    # FMN reads one frame per vector step: frames/s it can take against the vector steps/s the loop makes.
+    every_env = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(
+        "network.task_params=true", "task_inference=fmn", "fmn.envs=all")))
+    rows.append((label, "the same, Forget-Me-Not observing every env (fmn.envs: all)", every_env,
+                 "the same, env 0 observed", full))
+    # FMN reads one frame per vector step (num_envs with fmn.envs: all): frames/s it can take against the vector
+    # steps/s the loop makes.
     frames, rng = [], np.random.default_rng(0)
     for game in (GAME, "Breakout" if GAME != "Breakout" else "Pong"):  # two contexts' worth of counts
         env = make_vector_env(game, 1, AtariSettings())
@@ -227,7 +232,8 @@ def bench_tasks(args) -> list[tuple]:
         for frame in frames:
             fmn.observe(frame)
     observe_all()
-    rows.append(("Forget-Me-Not frames observed/s (84x84, one per vector step)", f"{fmn.num_contexts} context(s)",
+    rows.append(("Forget-Me-Not frames observed/s (84x84; one per vector step, num_envs with fmn.envs: all)",
+                 f"{fmn.num_contexts} context(s)",
                  len(frames) / median_time(observe_all, args.repeats),
                  f"vector steps/s of the loop above ({args.envs[0]} envs, fp32, labels)", plain / args.envs[0]))
     return rows

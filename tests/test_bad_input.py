@@ -229,6 +229,7 @@ def test_resume_of_a_missing_or_empty_directory(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     refused(capsys, train_main(["--resume", str(missing)]), f"no such run directory: {missing}")
     refused(capsys, train_main(["--resume", str(missing), "--print-config"]), f"no such run directory: {missing}")
+    refused(capsys, train_main(["--print-config"]), "--print-config prints the config of --config FILE")
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()

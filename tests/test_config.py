@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_overrides
+from agent.config import ConfigError, crossed, load_config, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,3 +70,15 @@ def test_keys_listing_and_print_config(capsys):
     assert "schedule.games = (required)" in listing
     assert train_main(["--config", str(CONFIGS / "smoke.yaml"), "--print-config", "schedule.cycles=3"]) == 0
     assert "cycles: 3" in capsys.readouterr().out
+
+
+def test_crossed_matches_stepping_one_at_a_time():
+    """An interval is crossed by an advance of n exactly when one of the n single steps lands on a multiple of it,
+    at every magnitude a run reaches (a 50M-step run's counters included); 0 and None are off."""
+    for every in (1, 3, 8, 10_000, 250_000):
+        for start in (0, 5, every - 1, 7 * every - 3, 49_999_990, 2**40):
+            for advanced in (0, 1, 2, 8, 64, every, 3 * every + 1):
+                slow = any((start + i) % every == 0 for i in range(1, advanced + 1)) if advanced <= 10**6 else None
+                if slow is not None:
+                    assert crossed(start + advanced, advanced, every) == slow, (every, start, advanced)
+    assert not crossed(10, 10, 0) and not crossed(10, 10, None)

@@ -275,8 +275,7 @@ def test_recorded_random_play_of_twelve_games(recording):
     from agent.config import FMNConfig
 
     data = np.load(ROOT / "tests" / "data" / f"{recording}.npz")
-    fmn = ForgetMeNot(**FMNConfig().model_dump())
-    summary = fmn_frames.measure(data["frames"], [str(g) for g in data["games"]], fmn)
+    summary = fmn_frames.measure(data["frames"], [str(g) for g in data["games"]], FMNConfig())
     assert summary["detected"] == summary["switches"] == 11
     assert all(summary["revisits_recognised"].values()) and len(summary["revisits_recognised"]) == 6
     assert summary["max_spurious_changes_in_a_visit"] <= 2
@@ -284,3 +283,45 @@ def test_recorded_random_play_of_twelve_games(recording):
         assert summary["merged_games"] == [["SpaceInvaders", "StarGunner"]] and summary["nmi"] >= 0.85
     else:
         assert summary["merged_games"] == [] and summary["nmi"] >= 0.9 and summary["contexts_created"] == 6
+
+
+def test_every_env_observed_detects_a_switch_in_fewer_vector_steps_with_the_same_memory():
+    """fmn.envs: all feeds every env's newest frame, in env order, and counts max_count in vector steps (frames x
+    envs); first feeds env 0's only. Each env shows its own noisy view of the source."""
+    from agent.config import FMNConfig
+    from agent.tasks import build_fmn, feed
+
+    rng = np.random.default_rng(3)
+    envs, steps = 8, 200
+    a, b = pattern(20), pattern(21)
+    stream = np.concatenate([noisy(a, steps * envs, rng), noisy(b, steps * envs, rng)]).reshape(2 * steps, envs, 84, 84)
+    delays = {}
+    for mode in ("first", "all"):
+        settings = FMNConfig(envs=mode, max_count=50)
+        fmn = build_fmn(settings, envs)
+        assert fmn.max_count == 50 * (envs if mode == "all" else 1)
+        decided = [feed(fmn, frames, mode == "all") for frames in stream]
+        assert fmn.frames_observed == 2 * steps * (envs if mode == "all" else 1)
+        assert fmn.num_contexts == 2
+        delays[mode] = next(t for t in range(steps, 2 * steps) if decided[t] == 1) - steps
+        assert all(d in (None, 0) for d in decided[:steps])
+        assert all(d in (None, 1) for d in decided[steps + delays[mode]:])
+    # persist (5) windows of 4 frames: 20 vector steps with env 0 alone, 20 / 8 rounded up with all 8 envs.
+    assert delays["first"] == 19 and delays["all"] == 2
+
+
+def test_the_frames_of_every_env_are_fed_in_env_order():
+    from agent.tasks import feed
+
+    class Spy:
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, frame):
+            self.seen.append(int(frame[0, 0]))
+            return len(self.seen) if len(self.seen) % 3 == 0 else None
+
+    frames = np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((1, 84, 84), dtype=np.uint8)
+    spy = Spy()
+    assert feed(spy, frames, every_env=True) == 3 and spy.seen == [0, 1, 2, 3, 4]
+    assert feed(spy, frames, every_env=False) == 6 and spy.seen[-1] == 0 and len(spy.seen) == 6

@@ -115,6 +115,21 @@ def test_fmn_with_task_params_trains_stops_mid_switch_resumes_evaluates_and_repo
     assert metrics["task_inference"]["contexts_created"] == 2 and metrics["task_inference"]["detected"] == 3
 
 
+def test_fmn_observing_every_env_detects_switches_sooner_in_a_real_run(tmp_path):
+    """fmn.envs: all on real Breakout and Pong (2 envs): every env's frame is observed, so a change persists in
+    5 windows x 4 frames / 2 envs = 10 vector steps (20 agent steps) instead of 20 with env 0 alone."""
+    run = tmp_path / "run"
+    assert train_main(["--config", SMOKE, "--run-dir", str(run), *FMN, "fmn.envs=all", "schedule.cycles=2"]) == 0
+    with open(run / "contexts.csv", newline="") as handle:
+        log = list(csv.DictReader(handle))
+    summary = task_inference_summary(log, 1600)
+    assert summary["detected"] == 3 and summary["revisits_recognised"] == {"Breakout": True, "Pong": True}
+    assert summary["max_delay_steps"] <= (10 + 2) * 2 and summary["contexts_created"] == 2
+    _, state = load_latest(run / "checkpoints")
+    fmn = state["tasks"]["fmn"]
+    assert fmn["frames_observed"] == 1600 and fmn["config"]["max_count"] == 1000 * 2  # vector steps x envs
+
+
 def test_labels_with_task_params_switch_the_networks_task_with_the_game(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--config", SMOKE, "--run-dir", str(run), *TINY, "schedule.games=[Breakout, Pong]",
