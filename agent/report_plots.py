@@ -10,6 +10,18 @@ import numpy as np
 from agent.metrics import MIN_RUNS_FOR_INTERVAL, EvalLog
 from agent.plasticity_log import PlasticityLog
 
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only; the font manager's fallback notices (rliable asks for STIX and
+    Computer Modern fonts most machines lack, and DejaVu Sans draws the same text) are not the user's business."""
+    import logging
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    return plt
+
 # The diagnostics drawn over training, with their axis labels (every one is in plasticity.csv and metrics.json).
 PLASTICITY_PANELS = (("dormant_tau0.1/all", "dormant units\n(score <= 0.1)"),
                      ("dormant_tau0/all", "never-active units\n(score 0)"),
@@ -53,9 +65,7 @@ def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, p
     runs or more the mean over runs and its 95% CI band, with fewer each run on its own. Visits are
     shaded in greys (named above each span), so no method colour is also a visit's; random and human
     reference returns are dashed lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from envs.scores import reference_scores
 
@@ -115,9 +125,7 @@ def plot_curves(groups: dict[str, list[EvalLog]], smoothing: int | None, band, p
 
 
 def plot_profiles(profiles: dict, taus: np.ndarray, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, (method, profile) in enumerate(profiles.items()):
@@ -142,9 +150,7 @@ def plot_profiles(profiles: dict, taus: np.ndarray, path: Path) -> None:
 def plot_matrix(metrics: dict, path: Path, value_range: tuple[float, float], scale_label: str) -> None:
     """The normalised score on each game before training and after each finished visit, on the colour
     range shared by every run of the report (so two runs' matrices compare by colour)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     matrix = metrics["matrix"]
     values = np.array(matrix["values"], dtype=float).reshape(len(matrix["rows"]), len(matrix["columns"]))
@@ -181,9 +187,7 @@ def matrix_range(metrics: list[dict]) -> tuple[float, float]:
 def plot_plasticity(groups: dict[str, list[tuple[EvalLog, PlasticityLog]]], band, path: Path) -> None:
     """The diagnostics over training per method: with MIN_RUNS_FOR_INTERVAL runs or more the mean and its 95% CI
     band over runs (on the steps they all measured), with fewer each run; visits shaded as in the curves."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     shaded = common_visits([log for runs in groups.values() for log, _ in runs])
     fig, axes = plt.subplots(len(PLASTICITY_PANELS), 1, figsize=(10, 2.4 * len(PLASTICITY_PANELS)), sharex=True,
