@@ -112,6 +112,12 @@ class TrainConfig(_Section):
                                 f"({schedule.steps_per_visit}): the first visit would make no update (and an EWC "
                                 "anchor would be taken from an untrained network). Lower dqn.learning_starts or "
                                 "raise schedule.steps_per_visit.")
+            fmn = self.fmn
+            if self.task_inference == "fmn" and fmn.envs == "all" and fmn.persist * fmn.window < env.num_envs:
+                problems.append(f"fmn.envs: all feeds {env.num_envs} frames a vector step, more than a change "
+                                f"needs (fmn.persist {fmn.persist} x fmn.window {fmn.window} frames): two changes "
+                                "could be decided in one step and the loop would act on the second only. Raise "
+                                f"fmn.window to {-(-env.num_envs // fmn.persist)} or more, or use fmn.envs: first.")
             if dqn.learning_starts > replay.capacity_per_game:
                 problems.append(f"dqn.learning_starts ({dqn.learning_starts}) exceeds replay.capacity_per_game "
                                 f"({replay.capacity_per_game}): the buffer never holds that many transitions. "

@@ -153,7 +153,8 @@ class FMNConfig(_Section):
     envs: Literal["first", "all"] = "first"
     """Whose frames are observed at each vector step: env 0's (first), or every env's, in order (all). Measured
     on recorded random play of 12 games x 2 cycles, 8 envs (docs/full-agent.md): all cuts the detection delay
-    from 20 to 3 vector steps and merges and splits no game differently, at 8 times the inference's compute."""
+    from 20 to 3 vector steps and merges and splits no game differently, for env.num_envs times the inference's
+    compute."""
     alpha: float = Field(0.5, gt=0)
     """Dirichlet prior count per gray level (measured on recorded random play of 12 games: 0.5 makes fewer
     spurious contexts than 0.05 with the held-out Dirichlet; docs/full-agent.md)."""

@@ -191,7 +191,7 @@ class Window:
     def postfix(self) -> dict[str, str]:
         """The progress bar's figures: speed, and the mean return of the last 20 episodes that ended (none may
         have yet: Atari episodes last thousands of steps)."""
-        recent = f"{np.mean(self.returns):.1f}" if self.returns else "no episode ended yet"
+        recent = f"{np.mean(self.returns):.1f}" if self.returns else "none yet"
         return {"sps": f"{self.sps:.0f}", "return": recent}
 
 

@@ -304,4 +304,3 @@ class Trainer:
         path = self.state.save(self.run_dir)
         self._saved = copy.deepcopy(self.progress)
         return path
-

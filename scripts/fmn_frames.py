@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{args.recording.name}: {len(games)} visits of {data['frames'].shape[1]} steps, {settings.model_dump()}")
     print("| contexts / games | NMI | merged games | games split | spurious changes / visit (max) "
-          "| detected / switches | median delay (frames) |\n|---:|---:|---|---|---:|---:|---:|")
+          "| detected / switches | median delay (steps) |\n|---:|---:|---|---|---:|---:|---:|")
     split = {g: n for g, n in summary["contexts_per_game"].items() if n > 1}
     print(f"| {summary['contexts_created']} / {summary['games_visited']} | {summary['nmi']:.3f} | "
           f"{'; '.join(', '.join(g) for g in summary['merged_games']) or 'none'} | "

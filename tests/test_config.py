@@ -82,3 +82,12 @@ def test_crossed_matches_stepping_one_at_a_time():
                 if slow is not None:
                     assert crossed(start + advanced, advanced, every) == slow, (every, start, advanced)
     assert not crossed(10, 10, 0) and not crossed(10, 10, None)
+
+
+def test_every_env_observed_needs_a_change_to_span_a_vector_step():
+    """fmn.envs: all with persist x window below env.num_envs could decide two changes in one vector step."""
+    base = ["task_inference=fmn", "fmn.envs=all", "env.num_envs=8"]
+    with pytest.raises(ConfigError, match=r"two changes could be decided in one step.*Raise fmn.window to 4 or more"):
+        load_config(CONFIGS / "smoke.yaml", [*base, "fmn.persist=2", "fmn.window=3"])
+    assert load_config(CONFIGS / "smoke.yaml", [*base, "fmn.persist=2", "fmn.window=4"]).fmn.envs == "all"
+    assert load_config(CONFIGS / "smoke.yaml", ["task_inference=fmn", "fmn.persist=1", "fmn.window=1"]).fmn.window == 1

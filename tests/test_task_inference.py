@@ -319,9 +319,10 @@ def test_the_frames_of_every_env_are_fed_in_env_order():
 
         def observe(self, frame):
             self.seen.append(int(frame[0, 0]))
-            return len(self.seen) if len(self.seen) % 3 == 0 else None
+            return len(self.seen) if len(self.seen) % 3 == 0 else None  # a window of 3 frames
 
-    frames = np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((1, 84, 84), dtype=np.uint8)
+    frames = np.arange(7, dtype=np.uint8)[:, None, None] * np.ones((1, 84, 84), dtype=np.uint8)
     spy = Spy()
-    assert feed(spy, frames, every_env=True) == 3 and spy.seen == [0, 1, 2, 3, 4]
-    assert feed(spy, frames, every_env=False) == 6 and spy.seen[-1] == 0 and len(spy.seen) == 6
+    assert feed(spy, frames, every_env=True) == 6 and spy.seen == [0, 1, 2, 3, 4, 5, 6]  # the last of 2 decisions
+    assert feed(spy, frames, every_env=False) is None and spy.seen[-1] == 0 and len(spy.seen) == 8
+    assert feed(spy, frames, every_env=False) == 9 and len(spy.seen) == 9
