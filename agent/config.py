@@ -94,6 +94,13 @@ class TrainConfig(_Section):
                             f"({env.num_envs}): the replay needs at least "
                             f"{minimum // env.num_envs} transitions per env. Raise "
                             f"replay.capacity_per_game to {minimum} or more, or lower env.num_envs.")
+        fmn = self.fmn
+        frames_per_step = env.num_envs if fmn.envs == "all" else 1
+        if fmn.max_count * frames_per_step < fmn.window:  # the model's counts are in frames
+            problems.append(f"fmn.max_count ({fmn.max_count} vector steps, {fmn.max_count * frames_per_step} "
+                            f"frames with fmn.envs {fmn.envs}) is below fmn.window ({fmn.window} frames): a context "
+                            "must weigh at least one window. Raise fmn.max_count to "
+                            f"{-(-fmn.window // frames_per_step)} or more.")
         # Stored configs of earlier runs are still evaluated and resumed as they are.
         if not (info.context or {}).get("stored"):
             if self.epsilon.start < self.epsilon.end:
@@ -112,7 +119,6 @@ class TrainConfig(_Section):
                                 f"({schedule.steps_per_visit}): the first visit would make no update (and an EWC "
                                 "anchor would be taken from an untrained network). Lower dqn.learning_starts or "
                                 "raise schedule.steps_per_visit.")
-            fmn = self.fmn
             if self.task_inference == "fmn" and fmn.envs == "all" and fmn.persist * fmn.window < env.num_envs:
                 problems.append(f"fmn.envs: all feeds {env.num_envs} frames a vector step, more than a change "
                                 f"needs (fmn.persist {fmn.persist} x fmn.window {fmn.window} frames): two changes "

@@ -9,7 +9,7 @@ import itertools
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class _Section(BaseModel):
@@ -174,12 +174,6 @@ class FMNConfig(_Section):
     """Consecutive windows that must prefer another context before the change is decided (and consolidates): 5
     cut spurious changes from 5.4 to 0.2 per visit on CORA's games, at 16 frames more detection delay."""
 
-    @model_validator(mode="after")
-    def _window_fits(self) -> FMNConfig:
-        if self.max_count < self.window:
-            raise ValueError(f"fmn.max_count ({self.max_count}) is below fmn.window ({self.window}): a context must "
-                             "weigh at least one window. Raise fmn.max_count.")
-        return self
 
 
 class DQNConfig(_Section):

@@ -91,3 +91,15 @@ def test_every_env_observed_needs_a_change_to_span_a_vector_step():
         load_config(CONFIGS / "smoke.yaml", [*base, "fmn.persist=2", "fmn.window=3"])
     assert load_config(CONFIGS / "smoke.yaml", [*base, "fmn.persist=2", "fmn.window=4"]).fmn.envs == "all"
     assert load_config(CONFIGS / "smoke.yaml", ["task_inference=fmn", "fmn.persist=1", "fmn.window=1"]).fmn.window == 1
+
+
+def test_fmn_max_count_must_weigh_a_window_in_frames():
+    """fmn.max_count is in vector steps and fmn.window in frames: with fmn.envs all a vector step is num_envs frames,
+    so max_count 2 x 8 envs weighs a window of 16 frames, which env 0 alone (2 frames) does not."""
+    base = ["task_inference=fmn", "env.num_envs=8", "fmn.window=16", "fmn.max_count=2"]
+    with pytest.raises(ConfigError, match=r"fmn.max_count \(2 vector steps, 2 frames with fmn.envs first\) is below "
+                                          r"fmn.window \(16 frames\).*Raise fmn.max_count to 16 or more"):
+        load_config(CONFIGS / "smoke.yaml", base)
+    assert load_config(CONFIGS / "smoke.yaml", [*base, "fmn.envs=all"]).fmn.max_count == 2
+    with pytest.raises(ConfigError, match=r"\(1 vector steps, 8 frames with fmn.envs all\).*Raise fmn.max_count to 2"):
+        load_config(CONFIGS / "smoke.yaml", [*base, "fmn.envs=all", "fmn.max_count=1"])
