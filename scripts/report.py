@@ -11,7 +11,9 @@ by their largest absolute value over all the runs given, so two runs with identi
 identical metrics whatever method they belong to; --scale method is CORA's per-method scale.
 A run trained with task_inference: fmn also gets `task_inference` from its contexts.csv: steps from each
 true switch to its detection, context purity, contexts created against games visited. A run with a
-plasticity.csv gets `plasticity.end_of_visit`: every diagnostic's value at the last measurement of each visit.
+plasticity.csv gets `plasticity.end_of_visit`: every diagnostic's value at the last measurement of each visit,
+and `plasticity.visits`: per finished visit, the trained game's return at its end beside the dormant fractions,
+effective rank and distance from the initial weights (also printed, and written as plasticity.md).
 A run's method is its consolidation.method, with `+` its plasticity.method when there is one (ewc+redo).
 
 With several runs of a method, aggregates.json and aggregates.md: per method (--group), the mean and the
@@ -45,7 +47,7 @@ try:
 
     from agent.config import ConfigError
     from agent.metrics import SCALES, EvalLog, MetricsError, compute_metrics, max_abs_returns, read_run
-    from agent.plasticity_log import PlasticityLog
+    from agent.plasticity_log import PlasticityLog, visit_markdown, visit_table
     from agent.report_plots import matrix_range, plot_curves, plot_matrix, plot_plasticity, plot_profiles
     from agent.rundir import check_creatable, holds_run, owned_by_run
     from agent.tasks import task_inference_summary
@@ -191,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for m in metrics:
+    visit_tables = {}
+    for m, log in zip(metrics, logs):
         if plasticity[m["run"]] is not None:
-            m["plasticity"] = {"end_of_visit": plasticity[m["run"]].end_of_visits()}
+            visit_tables[m["run"]] = (m["group"], visit_table(log, plasticity[m["run"]]))
+            m["plasticity"] = {"end_of_visit": plasticity[m["run"]].end_of_visits(),
+                               "visits": visit_tables[m["run"]][1]}
     metrics_of = {method: [by_run[log.name] for log in runs] for method, runs in groups.items()}
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused report leaves no empty folder behind
     (out / "metrics.json").write_text(json.dumps(metrics if len(metrics) > 1 else metrics[0], indent=2))
@@ -219,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{nmi} | {merged} | {split} | {t['spurious_changes_per_visit']:.1f} "
                   f"({t['max_spurious_changes_in_a_visit']}) |")
     written = ["metrics.json"]
+    if visit_tables:
+        table = visit_markdown(visit_tables)
+        print("\nPlasticity at the end of each visit (the diagnostics on held-out replayed states of the game "
+              "trained; (new): its first visit):\n\n" + table, end="")
+        (out / "plasticity.md").write_text(
+            "# Plasticity at the end of each visit\n\nWritten by `scripts/report.py`: per run and finished visit, "
+            "the game it trained, that game's mean return at the visit's last evaluation (raw and "
+            "human-normalised), and the diagnostics of the visit's last measurement (`plasticity.csv`), on "
+            "held-out replayed states of the game trained. (new): the game's first visit.\n\n" + table)
+        written.append("plasticity.md")
 
     summary = None
     if aggregates is not None:

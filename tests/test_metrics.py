@@ -230,9 +230,21 @@ def test_report_adds_plasticity_at_the_end_of_each_visit_and_groups_by_plasticit
     assert (tmp_path / "report" / "plasticity.png").stat().st_size > 10_000
     first = json.loads((tmp_path / "report" / "metrics.json").read_text())[0]
     assert first["plasticity"]["end_of_visit"][0]["effective_rank"] == 2.5
+    # Beside the diagnostics, the return of the game each finished visit trained, at the visit's last evaluation
+    # (RETURNS: A 80 at 100, B 25 at 200, C 100 at 300, A 100 at 400, B 40 at 500, C 200 at 600; human = / 10).
+    visits = metrics["redo"]["plasticity"]["visits"]
+    assert [(v["visit"], v["game"], v["first_visit"], v["return"]) for v in visits] == [
+        (0, "A", True, 80), (1, "B", True, 25), (2, "C", True, 100), (3, "A", False, 100), (4, "B", False, 40),
+        (5, "C", False, 200)]
+    assert visits[1]["human_normalized"] == 2.5 and visits[1]["dormant_tau0.1/all"] == 0.2
+    assert visits[0]["weight_distance/all"] == pytest.approx(10.0) and visits[2]["effective_rank"] is None
+    table = (tmp_path / "report" / "plasticity.md").read_text()
+    assert "| redo | ewc+redo | 1: B (new) | 25.0 | 2.500 | 0.200 | n/a | 1.50 | 13.00 |" in table
+    assert "| plain | ewc | 5: C | 200.0 | 20.000 | n/a | n/a | n/a | n/a |" in table
     assert report_main([str(runs[0]), "--out", str(tmp_path / "until"), "--until-step", "120", "--no-plots"]) == 0
-    until = json.loads((tmp_path / "until" / "metrics.json").read_text())["plasticity"]["end_of_visit"]
-    assert [e["step"] for e in until] == [100]
+    until = json.loads((tmp_path / "until" / "metrics.json").read_text())["plasticity"]
+    assert [e["step"] for e in until["end_of_visit"]] == [100]
+    assert [(v["visit"], v["return"]) for v in until["visits"]] == [(0, 80)]  # visit 1 is not finished by 120
 
 
 def test_report_slips_without_a_test_until_now(tmp_path, cyclic, capsys):
