@@ -493,11 +493,15 @@ def bench_plasticity(args) -> list[tuple]:
     import types
 
     config = _end_to_end_config(args, args.envs[0], "fp32")
-    off = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=("plasticity.every=null",)))
     steps, _ = _end_to_end_steps(args)
     often = max(steps // 8, 1)  # several measurements in one steady-state run
-    on = steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(f"plasticity.every={often}",)))
-    label = f"end-to-end agent steps/s, {args.device}, {args.envs[0]} envs, fp32, 1 update / 4 steps, steady state"
+    offs, ons = [], []
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load falls on both
+        offs.append(steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=("plasticity.every=null",))))
+        ons.append(steady_rate(_end_to_end_config(args, args.envs[0], "fp32", extra=(f"plasticity.every={often}",))))
+    off, on = statistics.median(offs), statistics.median(ons)
+    label = (f"end-to-end agent steps/s, {args.device}, {args.envs[0]} envs, fp32, 1 update / 4 steps, steady state, "
+             f"median of {args.repeats} interleaved runs")
     rows = [(label, f"diagnostics every {often:,} agent steps", on, "diagnostics off (plasticity.every=null)", off)]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
