@@ -175,7 +175,6 @@ class FMNConfig(_Section):
     cut spurious changes from 5.4 to 0.2 per visit on CORA's games, at 16 frames more detection delay."""
 
 
-
 class DQNConfig(_Section):
     """The learner: (Double) DQN with a target network, Huber loss and Adam."""
 
